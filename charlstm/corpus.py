@@ -1,0 +1,158 @@
+"""Finding and reading corpora: the bundled default, a file, or a folder of text files."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from charlstm.errors import CharLSTMError
+
+BUNDLED_NAME = "tinyshakespeare"
+BUNDLED_FILE = "tinyshakespeare.txt"
+BUNDLED_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+CHUNK_BYTES = 8 << 20  # big enough to amortise numpy calls, small enough to stay in cache-ish RAM
+
+
+def bundled_corpus() -> Path:
+    """Path of the bundled tiny shakespeare: package data in a wheel, corpora/ in a checkout."""
+    from importlib.resources import files
+
+    packaged = Path(str(files("charlstm"))) / "corpora" / BUNDLED_FILE
+    if packaged.is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parent.parent / "corpora" / BUNDLED_FILE
+    if checkout.is_file():
+        return checkout
+    raise CharLSTMError(
+        "the bundled corpus is missing from this installation",
+        "reinstall charlstm or pass a corpus path",
+    )
+
+
+@dataclass(frozen=True)
+class Source:
+    """A corpus on disk: one file, or the regular files of a folder in sorted order."""
+
+    path: Path
+    files: tuple[Path, ...]
+
+    @property
+    def name(self) -> str:
+        """A short name for default output folders (file stem or folder name)."""
+        return self.path.stem if self.path.is_file() else self.path.name
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.files)
+
+
+def open_source(corpus: str | Path | None) -> Source:
+    """Resolve a corpus argument (None = the bundled corpus) and list its files."""
+    path = bundled_corpus() if corpus is None else Path(corpus).expanduser()
+    if not path.exists():
+        raise CharLSTMError(f"corpus not found: {path}", "pass an existing text file or folder")
+    if path.is_file():
+        files: tuple[Path, ...] = (path,)
+    elif path.is_dir():
+        files = tuple(
+            sorted(
+                (
+                    p
+                    for p in path.rglob("*")
+                    if p.is_file()
+                    and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                ),
+                key=lambda p: p.relative_to(path).as_posix(),
+            )
+        )
+        if not files:
+            raise CharLSTMError(f"corpus folder {path} has no files", "put text files in it")
+    else:
+        raise CharLSTMError(f"corpus {path} is not a regular file or folder")
+    for f in files:
+        try:
+            with open(f, "rb"):
+                pass
+        except OSError as e:
+            raise CharLSTMError(f"cannot read {f}: {e.strerror}", "check its permissions") from None
+    src = Source(path, files)
+    if src.size_bytes == 0:
+        raise CharLSTMError(f"corpus {path} is empty", "give it some text")
+    return src
+
+
+def _utf8_safe_cut(data: bytes) -> int:
+    """The largest prefix length of ``data`` that does not end inside a UTF-8 sequence."""
+    end = len(data)
+    j = end - 1
+    while j >= max(0, end - 4) and (data[j] & 0xC0) == 0x80:
+        j -= 1
+    if j < 0 or data[j] < 0xC0:
+        return end
+    need = 2 if data[j] < 0xE0 else 3 if data[j] < 0xF0 else 4
+    return j if j + need > end else end
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of bytes from one file of a source, cut where a UTF-8 decoder can start again."""
+
+    data: bytes
+    file: Path
+    offset: int  # byte offset of data[0] within file
+
+
+def read_pieces(
+    src: Source, chunk_bytes: int = CHUNK_BYTES, at_newline: bool = False
+) -> Iterator[Piece]:
+    """Stream a source in pieces of about ``chunk_bytes``, never splitting a UTF-8 sequence.
+
+    With ``at_newline`` pieces end after a newline where there is one, so Unicode normalization
+    (which looks at neighbouring characters) never sees a sequence cut in two.
+    """
+    for path in src.files:
+        with open(path, "rb") as f:
+            carry = b""
+            offset = 0
+            while True:
+                block = f.read(chunk_bytes)
+                data = carry + block if carry else block
+                if not block:
+                    if data:
+                        yield Piece(data, path, offset)
+                    break
+                cut = _utf8_safe_cut(data)
+                if at_newline:
+                    nl = data.rfind(b"\n", 0, cut)
+                    if nl >= 0:
+                        cut = nl + 1
+                if cut == 0:  # nothing safe to emit yet: read more
+                    carry = data
+                    continue
+                yield Piece(data[:cut], path, offset)
+                offset += cut
+                carry = data[cut:]
+
+
+def decode_piece(piece: Piece) -> str:
+    """UTF-8 text of a piece, or a CharLSTMError naming the file and byte offset."""
+    try:
+        return piece.data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        where = piece.offset + e.start
+        raise CharLSTMError(
+            f"{piece.file} is not valid UTF-8 (byte 0x{piece.data[e.start]:02x} at byte "
+            f"offset {where})",
+            "use --level byte to model raw bytes",
+        ) from None
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK_BYTES):
+            h.update(block)
+    return h.hexdigest()

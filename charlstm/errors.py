@@ -1,0 +1,20 @@
+"""The one exception type the library raises for user mistakes."""
+
+from __future__ import annotations
+
+
+class CharLSTMError(Exception):
+    """A problem the user can fix: what went wrong, and (optionally) how to fix it.
+
+    The CLI prints ``str(error)`` as a single line on stderr and exits 1; a Python caller can
+    read ``.message`` and ``.hint`` separately.
+    """
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        text = self.message if not self.hint else f"{self.message}; {self.hint}"
+        return " ".join(text.split())  # one line, always

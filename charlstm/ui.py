@@ -1,0 +1,167 @@
+"""Everything a human sees: one Rich console on stderr, tables, progress. The only module that
+knows Rich; the library reports through plain objects and this module renders them."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+console = Console(stderr=True, highlight=False)
+
+
+def interactive() -> bool:
+    """Whether live progress bars make sense (a terminal, not a log file or a pipe)."""
+    return console.is_terminal and not console.is_dumb_terminal
+
+
+def error(message: str) -> None:
+    """One line on stderr, never wrapped, never a traceback."""
+    console.print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    console.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
+
+
+def info(message: str) -> None:
+    console.print(_escape(message), soft_wrap=True)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(" ".join(str(text).split()))
+
+
+def fmt_int(n: int | float) -> str:
+    return f"{int(n):,}"
+
+
+def fmt_duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def key_value_table(title: str, rows: Mapping[str, object]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left", box=None, padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    return table
+
+
+def show_tokenize(result) -> None:
+    """Summary of a finished `tokenize`."""
+    chars = result.chars
+    rows = {
+        "output": str(result.out),
+        "level": result.vocab.level
+        + (f", {result.vocab.normalize}" if result.vocab.normalize != "none" else "")
+        + (", lowercase" if result.vocab.lowercase else ""),
+        "characters": fmt_int(chars["total"]),
+        "vocabulary": fmt_int(result.vocab.size) + f" symbols ({result.vocab.dtype.name})",
+        "train / val / test": " / ".join(fmt_int(chars[s]) for s in ("train", "val", "test")),
+        "time": f"{result.elapsed_s:.2f} s",
+        "speed": f"{result.mb_per_s:,.1f} MB/s",
+    }
+    console.print(key_value_table("tokenized", rows))
+
+
+def show_table(title: str, rows: Mapping[str, object]) -> None:
+    console.print(key_value_table(title, rows))
+
+
+def fmt_loss(loss: float | None) -> str:
+    return "-" if loss is None or not math.isfinite(loss) else f"{loss:.4f}"
+
+
+class TrainProgress:
+    """Renders the trainer's reports: a live bar on a terminal, plain periodic lines elsewhere.
+
+    Implements the reporter protocol of `charlstm.trainer` (start / step / evaluated / saved /
+    message / close).
+    """
+
+    def __init__(self, quiet: bool = False, line_every_s: float = 10.0) -> None:
+        self.quiet = quiet
+        self.live = interactive() and not quiet and not os.environ.get("CHARLSTM_PLAIN")
+        self.line_every_s = line_every_s
+        self._last_line = 0.0
+        self._progress: Progress | None = None
+        self._task = None
+        self._fields: dict[str, str] = {}
+        self.unit = "steps"
+
+    # -- reporter protocol ---------------------------------------------------------------
+    def start(self, total: float, unit: str, header: Mapping[str, object]) -> None:
+        self.unit = unit
+        if not self.quiet:
+            show_table("training", header)
+        if not self.live:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn() if unit == "steps" else TaskProgressColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=console,
+            transient=False,
+            refresh_per_second=4,
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=total, stats="")
+
+    def step(self, done: float, stats: Mapping[str, object]) -> None:
+        self._fields.update({k: str(v) for k, v in stats.items()})
+        text = "  ".join(f"{k} {v}" for k, v in self._fields.items())
+        if self._progress is not None:
+            self._progress.update(self._task, completed=done, stats=text)
+        elif not self.quiet and time.monotonic() - self._last_line >= self.line_every_s:
+            self._last_line = time.monotonic()
+            console.print(f"{self.unit} {done:g}  {text}", soft_wrap=True, markup=False)
+
+    def message(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self._progress is not None:
+            self._progress.console.print(_escape(text), soft_wrap=True)
+        else:
+            console.print(_escape(text), soft_wrap=True)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def show_paths(title: str, paths: Mapping[str, Path]) -> None:
+    show_table(title, {k: str(v) for k, v in paths.items()})
+
+
+def flush() -> None:
+    sys.stderr.flush()
