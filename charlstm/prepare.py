@@ -129,7 +129,7 @@ def _encode_pieces(src: Source, vocab: Vocab, normalizer):
     table = np.zeros(int(vocab._codepoints[-1]) + 1, dtype=vocab.dtype)
     table[vocab._codepoints] = np.arange(vocab.size, dtype=vocab.dtype)
     for _, text in _pieces_as_text(src, normalizer)():
-        yield table[codepoints(text)]
+        yield np.take(table, codepoints(text))  # take: faster than fancy indexing
 
 
 def _write_npy_header(f, dtype: np.dtype, length: int) -> None:
