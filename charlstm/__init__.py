@@ -47,9 +47,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from charlstm.config import ModelConfig, TrainConfig
     from charlstm.corpus import bundled_corpus
     from charlstm.evaluation import EvalResult, evaluate
-    from charlstm.sampling import generate
     from charlstm.model import CharLSTM
     from charlstm.prepare import TokenizeResult, tokenize
+    from charlstm.sampling import generate
     from charlstm.trainer import TrainResult, train
     from charlstm.vocab import Vocab
 

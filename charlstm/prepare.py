@@ -12,6 +12,7 @@ Nothing here imports torch: tokenizing a corpus should cost what reading it cost
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -142,11 +143,10 @@ def _write_npy_header(f, dtype: np.dtype, length: int) -> None:
 def _write_splits(folder: Path, ids_stream, dtype: np.dtype, bounds: list[int]) -> None:
     """Append each id array to train/val/test.npy; ``bounds`` are the absolute split ends."""
     lengths = [bounds[0], bounds[1] - bounds[0], bounds[2] - bounds[1]]
-    files = []
-    try:
-        for name, length in zip(SPLITS, lengths, strict=True):
-            files.append(open(folder / f"{name}.npy", "wb"))
-            _write_npy_header(files[-1], dtype, length)
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(folder / f"{name}.npy", "wb")) for name in SPLITS]
+        for f, length in zip(files, lengths, strict=True):
+            _write_npy_header(f, dtype, length)
         pos = 0
         for ids in ids_stream:
             lo = 0
@@ -161,9 +161,6 @@ def _write_splits(folder: Path, ids_stream, dtype: np.dtype, bounds: list[int]) 
         for f in files:
             f.flush()
             os.fsync(f.fileno())
-    finally:
-        for f in files:
-            f.close()
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -159,6 +159,112 @@ class TrainProgress:
             self._progress = None
 
 
+def show_train(result) -> None:
+    """Summary table at the end of `train`."""
+    rows = {
+        "status": "interrupted (resume with --resume)" if result.interrupted else "done",
+        "best val loss": f"{fmt_loss(result.best_val_loss)} nats/char",
+        "best val bpc": fmt_loss(result.best_val_bpc),
+        "best val perplexity": fmt_loss(result.best_val_perplexity),
+        "steps": fmt_int(result.steps),
+        "characters seen": fmt_int(result.chars_seen),
+        "parameters": fmt_int(result.params),
+        "time": fmt_duration(result.elapsed_s),
+        "speed": f"{result.chars_per_s:,.0f} chars/s",
+    }
+    if result.skipped_steps:
+        rows["skipped steps"] = f"{result.skipped_steps} (non-finite loss or gradient)"
+    rows.update({name: str(path) for name, path in result.files.items()})
+    show_table("training summary", rows)
+
+
+def show_eval(result) -> None:
+    """Table of an evaluation's scores."""
+    rows = {
+        "source": result.source + (f" ({result.split})" if result.split else ""),
+        "loss": f"{result.loss:.4f} nats/char",
+        "bits per char": f"{result.bpc:.4f}",
+        "perplexity": f"{result.perplexity:.4f}",
+        "characters scored": fmt_int(result.chars),
+        "time": f"{result.seconds:.2f} s",
+        "speed": f"{result.chars_per_s:,.0f} chars/s",
+    }
+    if result.skipped:
+        rows["skipped"] = f"{fmt_int(result.skipped)} unknown characters"
+    show_table("evaluation", rows)
+
+
+def show_report(curves) -> None:
+    """The learning-curve chart and the run's summary numbers."""
+    from rich.text import Text
+
+    from charlstm.report import text_chart
+
+    colours = {".": "cyan", "o": "yellow", "*": "bold red"}
+    for line in text_chart(curves, width=max(30, min(100, console.width - 12))):
+        text = Text()
+        for ch in line:
+            text.append(ch, style=colours.get(ch) if line[:1] == " " or "|" in line else None)
+        console.print(text, soft_wrap=True)
+    s = curves.summary()
+    show_table(
+        "run",
+        {
+            "best val loss": f"{fmt_loss(s['best_val_loss'])} nats/char"
+            + (
+                f" at {fmt_int(s['best_at_chars'])} chars" if s["best_at_chars"] is not None else ""
+            ),
+            "best val bpc": fmt_loss(s["best_val_bpc"]),
+            "best val perplexity": fmt_loss(s["best_val_perplexity"]),
+            "last train loss": fmt_loss(s["last_train_loss"]),
+            "steps": fmt_int(s["steps"]),
+            "characters seen": fmt_int(s["chars_seen"]),
+            "time": fmt_duration(s["elapsed_s"]),
+            "speed": f"{s['chars_per_s']:,.0f} chars/s",
+        },
+    )
+
+
+def show_info(facts: Mapping) -> None:
+    """A checkpoint's description (see `charlstm.checkpoint.describe`)."""
+    m, v, best = facts["model"], facts["vocab"], facts["best_val"]
+    data = facts.get("data") or {}
+    rows = {
+        "checkpoint": f"{facts['path']} (format {facts['format_version']})",
+        "model": f"{m['num_layers']} x LSTM({m['hidden_size']}), embed {m['embed_size']}, "
+        f"dropout {m['dropout']}" + (", tied" if m.get("tie_weights") else ""),
+        "parameters": fmt_int(facts["parameters"]),
+        "vocabulary": f"{v['size']} symbols, {v['level']} level"
+        + (f", {v['normalize']}" if v["normalize"] != "none" else "")
+        + (", lowercase" if v["lowercase"] else ""),
+        "symbols": repr(v["preview"]),
+        "trained": f"{fmt_int(facts['steps'] or 0)} steps, "
+        f"{fmt_int(facts['chars_seen'] or 0)} characters, "
+        f"{fmt_duration(facts['elapsed_s'] or 0)}",
+        "best val": "-"
+        if best is None
+        else f"loss {best['loss']:.4f}  bpc {best['bpc']:.4f}  ppl {best['perplexity']:.3f}",
+        "data": f"{data.get('name')} ({data.get('folder')}, sha256 "
+        f"{str(data.get('sha256'))[:12]}...)"
+        if data
+        else "-",
+        "settings": ", ".join(f"{k} {val}" for k, val in facts["train"].items()),
+    }
+    show_table("checkpoint", rows)
+
+
+def show_bench(report) -> None:
+    """The benchmark's rows as one table, ratios against the machine's own limits."""
+    table = Table(title="charlstm bench", title_justify="left")
+    for col in ("section", "measurement", "value", "ratio", "", "compared with"):
+        table.add_column(col, justify="right" if col in ("value", "ratio") else "left")
+    for r in report.rows:
+        mark = {True: "[green]ok[/]", False: "[red]below target[/]", None: ""}[r.ok]
+        ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
+        table.add_row(r.section, r.name, f"{r.value:,.1f} {r.unit}", ratio, mark, r.note)
+    console.print(table)
+
+
 def show_paths(title: str, paths: Mapping[str, Path]) -> None:
     show_table(title, {k: str(v) for k, v in paths.items()})
 

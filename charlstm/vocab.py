@@ -155,8 +155,9 @@ class Vocab:
         # every code point past the last known one maps to the final -1 slot
         return table[np.minimum(cps, len(table) - 1)]
 
-    def encode(self, text: str, unknown: str = "error", what: str = "text",
-               hint: str = "remove them") -> np.ndarray:
+    def encode(
+        self, text: str, unknown: str = "error", what: str = "text", hint: str = "remove them"
+    ) -> np.ndarray:
         """Normalize and encode ``text``; unknown characters raise (``unknown="error"``) or are
         dropped (``unknown="skip"``)."""
         text = self.normalize_text(text)

@@ -1,0 +1,567 @@
+"""`bench`: charlstm's speed measured against this machine's own limits, in one run.
+
+Every figure comes with the limit it should be compared with, measured in the same process a
+moment before: dense matmul GFLOP/s at the model's own shapes (training), and the rate at which
+a GEMV can stream a matrix the size of the model's weights (batch-1 sampling, which must read
+every weight once per character). Ratios, not absolute seconds, are what carry between
+machines and survive a noisy neighbour.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlstm.config import PRESETS, ModelConfig
+
+
+@dataclass
+class Row:
+    section: str
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+    ratio: float | None = None  # against the limit named in note
+    target: float | None = None  # the ratio we aim for
+
+    @property
+    def ok(self) -> bool | None:
+        if self.ratio is None or self.target is None:
+            return None
+        return self.ratio >= self.target
+
+
+@dataclass
+class BenchReport:
+    rows: list[Row] = field(default_factory=list)
+    machine: dict = field(default_factory=dict)
+
+    def add(self, *args, **kwargs) -> Row:
+        row = Row(*args, **kwargs)
+        self.rows.append(row)
+        return row
+
+    def to_dict(self) -> dict:
+        return {"machine": self.machine, "rows": [r.__dict__ | {"ok": r.ok} for r in self.rows]}
+
+
+def _timeit(fn: Callable[[], object], min_time: float = 0.3, warmup: int = 2) -> float:
+    """Seconds per call: the best of a few repeated batches (robust to a noisy neighbour)."""
+    for _ in range(warmup):
+        fn()
+    calls, elapsed = 1, 0.0
+    while True:
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time / 3:
+            break
+        calls *= 2
+    best = elapsed / calls
+    for _ in range(2):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls)
+    return best
+
+
+def matmul_gflops(m: int, k: int, n: int, dtype=torch.float32, min_time: float = 0.3) -> float:
+    """Dense (m x k) @ (k x n) throughput in GFLOP/s."""
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
+    out = torch.empty(m, n, dtype=dtype)
+    seconds = _timeit(lambda: torch.mm(a, b, out=out), min_time)
+    return 2 * m * k * n / seconds / 1e9
+
+
+def gemv_gbytes(n_bytes: int, dtype=torch.float32, min_time: float = 0.3) -> float:
+    """GB/s at which a matrix-vector product streams a matrix of about n_bytes."""
+    elem = torch.tensor([], dtype=dtype).element_size()
+    cols = 1024
+    rows = max(1, n_bytes // (elem * cols))
+    w = torch.randn(rows, cols).to(dtype)
+    x = torch.randn(1, cols).to(dtype)
+    out = torch.empty(1, rows, dtype=dtype)
+    seconds = _timeit(lambda: torch.mm(x, w.T, out=out), min_time)
+    return rows * cols * elem / seconds / 1e9
+
+
+def read_gbytes(n_bytes: int = 512 << 20, min_time: float = 0.3) -> float:
+    """Main-memory read bandwidth: summing an array far larger than the caches."""
+    a = torch.ones(n_bytes // 4)
+    seconds = _timeit(lambda: a.sum(), min_time, warmup=1)
+    return n_bytes / seconds / 1e9
+
+
+def lstm_flops_per_char(cfg: ModelConfig) -> tuple[float, float]:
+    """(forward matmul FLOPs per character, of which recurrent), LSTM + head (+ the embedding
+    look-up, which is no arithmetic). Backward costs twice the forward."""
+    H, E, V, L = cfg.hidden_size, cfg.embed_size, cfg.vocab_size, cfg.num_layers
+    input_proj = 2 * 4 * H * E + (L - 1) * 2 * 4 * H * H
+    recurrent = L * 2 * 4 * H * H
+    head = 2 * H * V
+    return input_proj + recurrent + head, recurrent
+
+
+def ideal_step_seconds(
+    cfg: ModelConfig, batch: int, bptt: int, min_time: float
+) -> tuple[float, dict]:
+    """Seconds a forward+backward step would take if every matmul ran at the fp32 rate measured
+    at its own shape: the input projections as (B*T x in) @ (in x 4H), the recurrence as
+    (B x H) @ (H x 4H), the head as (B*T x H) @ (H x V)."""
+    H, E, V, L = cfg.hidden_size, cfg.embed_size, cfg.vocab_size, cfg.num_layers
+    rates = {
+        "input_proj": matmul_gflops(batch * bptt, E, 4 * H, min_time=min_time),
+        "recurrent": matmul_gflops(batch, H, 4 * H, min_time=min_time),
+        "head": matmul_gflops(batch * bptt, H, V, min_time=min_time),
+    }
+    if L > 1:
+        rates["input_proj_hh"] = matmul_gflops(batch * bptt, H, 4 * H, min_time=min_time)
+    chars = batch * bptt
+    flops = {
+        "input_proj": 2 * 4 * H * E * chars,
+        "input_proj_hh": (L - 1) * 2 * 4 * H * H * chars,
+        "recurrent": L * 2 * 4 * H * H * chars,
+        "head": 2 * H * V * chars,
+    }
+    seconds = sum(3 * f / (rates[k] * 1e9) for k, f in flops.items() if f)
+    return seconds, rates
+
+
+def reference_train_chars_per_s(
+    cfg: ModelConfig, batch: int, bptt: int, steps: int, ids: np.ndarray
+) -> float:
+    """A plain loop, written here the way a tutorial would: nn.Embedding + nn.LSTM + nn.Linear,
+    Adam, the same sizes and batches, carried detached state, no logging, no eval."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(cfg.vocab_size, cfg.embed_size)
+    lstm = nn.LSTM(cfg.embed_size, cfg.hidden_size, cfg.num_layers, dropout=cfg.dropout)
+    head = nn.Linear(cfg.hidden_size, cfg.vocab_size)
+    params = [*emb.parameters(), *lstm.parameters(), *head.parameters()]
+    opt = torch.optim.Adam(params, lr=1e-3)
+    stream = len(ids) // batch
+    data = torch.from_numpy(np.asarray(ids[: stream * batch], dtype=np.int64)).view(batch, -1).T
+    state = None
+    start = None
+    for step in range(steps + 2):
+        if step == 2:
+            start = time.perf_counter()
+        pos = (step * bptt) % (stream - bptt - 1)
+        x, y = data[pos : pos + bptt], data[pos + 1 : pos + bptt + 1]
+        out, state = lstm(emb(x), state)
+        loss = F.cross_entropy(head(out).view(-1, cfg.vocab_size), y.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        state = (state[0].detach(), state[1].detach())
+    return steps * batch * bptt / (time.perf_counter() - start)
+
+
+def charlstm_train_chars_per_s(
+    data_folder: Path, preset: str, steps: int, workdir: Path
+) -> tuple[float, float]:
+    """charlstm's own trainer, end to end (data pipeline, logging, final validation,
+    checkpoints included): (chars/s over the whole run, chars/s of the steady-state steps)."""
+    from charlstm.trainer import train
+
+    result = train(
+        data_folder,
+        workdir / f"train-{preset}",
+        preset=preset,
+        steps=steps,
+        eval_every=10**9,
+        log_every=max(1, steps // 4),
+        force=True,
+        device="cpu",
+        warmup_steps=0,
+    )
+    import json
+
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").open()]
+    steady = [r["chars_per_s"] for r in records if r["kind"] == "train"][1:]
+    return result.chars_per_s, (max(steady) if steady else result.chars_per_s)
+
+
+def sample_chars_per_s(model, batch: int, length: int, dtype=torch.float32) -> float:
+    from charlstm.sampling import FastLSTMStep
+
+    step = FastLSTMStep(model, batch, dtype)
+    tokens = torch.zeros(batch, dtype=torch.long)
+    for _ in range(10):
+        step(tokens)
+    start = time.perf_counter()
+    for _ in range(length):
+        logits = step(tokens)
+        tokens = torch.multinomial(torch.softmax(logits, -1), 1)[:, 0]
+    return batch * length / (time.perf_counter() - start)
+
+
+def greedy_disagreement_per_1000(model, ids: np.ndarray, dtype=torch.bfloat16) -> float:
+    """How often (per 1000 characters) the most likely next character differs between fp32
+    and `dtype` weights, both fed the same real text (teacher forcing, so one early
+    difference does not snowball into a different text)."""
+    from charlstm.sampling import FastLSTMStep
+
+    ref, low = FastLSTMStep(model, 1), FastLSTMStep(model, 1, dtype)
+    tokens = torch.from_numpy(np.asarray(ids, dtype=np.int64))
+    differ = 0
+    for t in range(len(tokens)):
+        x = tokens[t : t + 1]
+        differ += int(ref(x).argmax() != low(x).argmax())
+    return 1000 * differ / len(tokens)
+
+
+def nn_lstm_step_chars_per_s(model, length: int) -> float:
+    """The naive loop: nn.LSTM called with one time step per character (batch 1)."""
+    tokens = torch.zeros(1, 1, dtype=torch.long)
+    state = None
+    with torch.no_grad():
+        for _ in range(10):
+            _, state = model(tokens, state)
+        start = time.perf_counter()
+        for _ in range(length):
+            logits, state = model(tokens, state)
+            tokens = torch.multinomial(torch.softmax(logits[0], -1), 1)
+    return length / (time.perf_counter() - start)
+
+
+def peak_rss_mb(args: list[str]) -> float:
+    """Peak resident memory (MB) of a child process running `args`.
+
+    A fresh Python parent runs the child and reads RUSAGE_CHILDREN, so the figure is that
+    child's own peak and nothing else's.
+    """
+    probe = (
+        "import resource, subprocess, sys; "
+        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe, *args], check=True, capture_output=True, text=True
+    )
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def make_text(path: Path, n_bytes: int, seed: int = 0) -> Path:
+    """A UTF-8 text of about n_bytes: the bundled corpus repeated, with ~2% CJK characters
+    (over 256 distinct, so the ids need uint16) and a few emoji spliced in."""
+    from charlstm.corpus import bundled_corpus
+
+    if path.exists() and abs(path.stat().st_size - n_bytes) < (1 << 20):
+        return path
+    base = bundled_corpus().read_text(encoding="utf-8")
+    rng = np.random.default_rng(seed)
+    cjk = [chr(c) for c in range(0x4E00, 0x4E00 + 600)]
+    emoji = ["\U0001f600", "\U0001f680", "\u00e9", "\u00fc", "\u2014"]
+    lines = base.split("\n")
+    out: list[str] = []
+    size = 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        while size < n_bytes:
+            chunk_lines = []
+            for line in lines:
+                r = rng.random()
+                if r < 0.06:
+                    line = line + " " + "".join(rng.choice(cjk, size=int(rng.integers(3, 12))))
+                elif r < 0.065:
+                    line = line + " " + str(rng.choice(emoji))
+                chunk_lines.append(line)
+            chunk = "\n".join(chunk_lines) + "\n"
+            data = chunk.encode("utf-8")
+            f.write(chunk)
+            size += len(data)
+    del out
+    return path
+
+
+def run_bench(
+    *,
+    presets: list[str] | None = None,
+    corpus_mb: int = 100,
+    workdir: str | Path | None = None,
+    quick: bool = False,
+    sections: set[str] | None = None,
+    checkpoint: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> BenchReport:
+    """Measure limits, tokenize, training, eval, sampling and memory; return the rows."""
+    from charlstm.checkpoint import load_checkpoint
+    from charlstm.data import load_dataset
+    from charlstm.evaluation import stream_nats
+    from charlstm.prepare import tokenize
+
+    say = progress or (lambda _msg: None)
+    work = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "charlstm-bench"
+    work.mkdir(parents=True, exist_ok=True)
+    presets = presets or (["tiny", "small"] if quick else ["tiny", "small", "medium"])
+    sections = sections or {"limits", "tokenize", "train", "eval", "sample", "memory"}
+    min_time = 0.1 if quick else 0.3
+    report = BenchReport()
+    report.machine = {
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+    ModelConfig(65, **{k: PRESETS["small"][k] for k in ("embed_size", "hidden_size", "num_layers")})
+
+    # tiny shakespeare, tokenized once for the training/eval/sampling sections
+    data_dir = work / "tinyshakespeare"
+    if not (data_dir / "meta.json").exists():
+        tokenize(None, data_dir, force=True)
+    dataset = load_dataset(data_dir)
+
+    if "limits" in sections:
+        say("measuring machine limits")
+        p = PRESETS["small"]
+        B, T, H, E = p["batch_size"], p["bptt"], p["hidden_size"], p["embed_size"]
+        report.add(
+            "limits",
+            f"fp32 matmul {B * T}x{E} @ {E}x{4 * H}",
+            matmul_gflops(B * T, E, 4 * H, min_time=min_time),
+            "GFLOP/s",
+        )
+        report.add(
+            "limits",
+            f"fp32 matmul {B}x{H} @ {H}x{4 * H}",
+            matmul_gflops(B, H, 4 * H, min_time=min_time),
+            "GFLOP/s",
+        )
+        report.add(
+            "limits",
+            "fp32 matmul 1024^3",
+            matmul_gflops(1024, 1024, 1024, min_time=min_time),
+            "GFLOP/s",
+        )
+        report.add(
+            "limits",
+            "bf16 matmul 1024^3",
+            matmul_gflops(1024, 1024, 1024, torch.bfloat16, min_time=min_time),
+            "GFLOP/s",
+            note="no AMX: bf16 runs on avx512_bf16 at best",
+        )
+        report.add("limits", "memory read (512 MB sum)", read_gbytes(min_time=min_time), "GB/s")
+
+    if "tokenize" in sections:
+        text = make_text(work / f"text-{corpus_mb}mb.txt", corpus_mb << 20)
+        mb = text.stat().st_size / 1e6
+        for level in ("char", "byte"):
+            say(f"tokenizing {mb:.0f} MB at {level} level")
+            start = time.perf_counter()
+            rss = peak_rss_mb(
+                [
+                    sys.executable,
+                    "-m",
+                    "charlstm",
+                    "tokenize",
+                    str(text),
+                    "--out",
+                    str(work / f"tok-{level}"),
+                    "--level",
+                    level,
+                    "--force",
+                ]
+            )
+            seconds = time.perf_counter() - start
+            report.add(
+                "tokenize",
+                f"{level} level, {mb:.0f} MB, whole process",
+                mb / seconds,
+                "MB/s",
+                note="target >= 50 MB/s",
+                ratio=mb / seconds / 50,
+                target=1.0,
+            )
+            report.add(
+                "tokenize",
+                f"{level} level peak RSS",
+                rss,
+                "MB",
+                note=f"{rss / mb:.2f}x the text (target <= 3x)",
+                ratio=3 * mb / rss,
+                target=1.0,
+            )
+
+    if "train" in sections:
+        for name in presets:
+            p = PRESETS[name]
+            cfg = ModelConfig(
+                dataset.vocab.size, p["embed_size"], p["hidden_size"], p["num_layers"], p["dropout"]
+            )
+            B, T = p["batch_size"], p["bptt"]
+            say(f"training speed, preset {name}")
+            ideal_s, _ = ideal_step_seconds(cfg, B, T, min_time)
+            steps = {"tiny": 60, "small": 12, "medium": 4, "large": 2}[name] * (1 if quick else 2)
+            whole, steady = charlstm_train_chars_per_s(data_dir, name, steps, work)
+            ref = reference_train_chars_per_s(cfg, B, T, max(2, steps // 2), dataset.split("train"))
+            fwd, _ = lstm_flops_per_char(cfg)
+            achieved = 3 * fwd * steady / 1e9
+            ideal_cps = B * T / ideal_s
+            report.add(
+                "train",
+                f"{name}: charlstm steady chars/s",
+                steady,
+                "chars/s",
+                note=f"{achieved:.0f} GFLOP/s vs matmul at own shapes",
+                ratio=steady / ideal_cps,
+                target=0.85 if name != "tiny" else None,
+            )
+            report.add(
+                "train",
+                f"{name}: charlstm whole run chars/s",
+                whole,
+                "chars/s",
+                note="incl. final val + checkpoints; vs reference loop",
+                ratio=whole / ref,
+                target=1.0 if name != "tiny" else None,
+            )
+            report.add(
+                "train",
+                f"{name}: reference loop chars/s",
+                ref,
+                "chars/s",
+                note="nn.Embedding+nn.LSTM+nn.Linear, Adam",
+            )
+
+    # eval and sampling speed depend on the model's size, not its training; the bf16 agreement
+    # figure is only meaningful for a trained model, so pass one (--checkpoint) for that
+    ckpt_path = Path(checkpoint) if checkpoint else work / "train-small" / "last.pt"
+    trained = checkpoint is not None
+    if ("eval" in sections or "sample" in sections) and not ckpt_path.exists():
+        charlstm_train_chars_per_s(data_dir, "small", 2, work)
+    if "eval" in sections:
+        say("eval speed")
+        model = load_checkpoint(ckpt_path).model
+        val = dataset.split("val")
+        chars = min(len(val), 20000 if quick else 60000)
+        start = time.perf_counter()
+        stream_nats(model, val[:chars], batch_size=64)
+        eval_cps = chars / (time.perf_counter() - start)
+        train_rows = [r for r in report.rows if r.name == "small: charlstm steady chars/s"]
+        train_cps = train_rows[0].value if train_rows else None
+        report.add(
+            "eval",
+            "small: eval chars/s (64 streams)",
+            eval_cps,
+            "chars/s",
+            note="vs training chars/s at the same size (target >= 2.5x)",
+            ratio=eval_cps / train_cps if train_cps else None,
+            target=2.5 if train_cps else None,
+        )
+        start = time.perf_counter()
+        stream_nats(model, val[: chars // 10], batch_size=1)
+        report.add(
+            "eval",
+            "small: eval chars/s (1 stream, reference)",
+            chars // 10 / (time.perf_counter() - start),
+            "chars/s",
+        )
+
+    if "sample" in sections:
+        say("sampling speed")
+        model = load_checkpoint(ckpt_path).model
+        weight_bytes = sum(
+            p.numel() * 4 for n, p in model.named_parameters() if "embedding" not in n
+        )
+        bw = gemv_gbytes(weight_bytes, min_time=min_time)
+        bound = bw * 1e9 / weight_bytes
+        length = 1000 if quick else 3000
+        fast = sample_chars_per_s(model, 1, length)
+        naive = nn_lstm_step_chars_per_s(model, length // 2)
+        report.add(
+            "limits", f"GEMV streaming {weight_bytes / 1e6:.1f} MB (small's weights)", bw, "GB/s"
+        )
+        report.add(
+            "sample",
+            "small: batch 1 chars/s",
+            fast,
+            "chars/s",
+            note=f"bound {bound:,.0f} chars/s = GEMV GB/s / weight bytes (target >= 70%)",
+            ratio=fast / bound,
+            target=0.7,
+        )
+        report.add(
+            "sample",
+            "small: nn.LSTM one step per call",
+            naive,
+            "chars/s",
+            note="charlstm batch 1 vs this loop (target >= 3x)",
+            ratio=fast / naive,
+            target=3.0,
+        )
+        bf16 = sample_chars_per_s(model, 1, length, torch.bfloat16)
+        differ = greedy_disagreement_per_1000(model, dataset.split("val")[:2000])
+        report.add(
+            "sample",
+            "small: batch 1 chars/s, bf16 weights",
+            bf16,
+            "chars/s",
+            note=f"vs fp32 batch 1; greedy choice differs on {differ:.1f} per 1000 "
+            "chars of val text" + ("" if trained else " (untrained model: pass --checkpoint)"),
+            ratio=bf16 / fast,
+        )
+        b32 = sample_chars_per_s(model, 32, length // 4)
+        report.add(
+            "sample", "small: batch 32 chars/s", b32, "chars/s", note="vs batch 1", ratio=b32 / fast
+        )
+
+    if "memory" in sections:
+        say("training memory on a 1 MB and a big corpus")
+        big = make_text(work / f"text-{corpus_mb}mb.txt", corpus_mb << 20)
+        big_dir = work / "tok-char"
+        if not (big_dir / "meta.json").exists():
+            tokenize(big, big_dir, force=True)
+        rss = {}
+        for label, folder in (("1 MB", data_dir), (f"{corpus_mb} MB", big_dir)):
+            rss[label] = peak_rss_mb(
+                [
+                    sys.executable,
+                    "-m",
+                    "charlstm",
+                    "train",
+                    str(folder),
+                    "--out",
+                    str(work / f"rss-{label.replace(' ', '')}"),
+                    "--preset",
+                    "tiny",
+                    "--steps",
+                    "20",
+                    "--eval-every",
+                    "1000000",
+                    "--force",
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                    "--eval-batch-size",
+                    "256",
+                ]
+            )
+        delta = rss[f"{corpus_mb} MB"] - rss["1 MB"]
+        report.add("memory", "train peak RSS, tiny shakespeare", rss["1 MB"], "MB")
+        report.add(
+            "memory",
+            f"train peak RSS, {corpus_mb} MB corpus",
+            rss[f"{corpus_mb} MB"],
+            "MB",
+            note=f"+{delta:.0f} MB (target <= +300 MB)",
+            ratio=300 / max(delta, 1e-9) if delta > 0 else math.inf,
+            target=1.0,
+        )
+    return report

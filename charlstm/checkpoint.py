@@ -1,0 +1,183 @@
+"""Checkpoints: self-contained, written atomically, loaded without running code.
+
+A checkpoint is a plain dict of tensors, numbers and strings saved with `torch.save`, loaded
+with ``torch.load(weights_only=True)`` so a file carrying a pickled callable is refused before
+anything in it runs. It holds everything `eval`, `sample` and an exact `--resume` need: format
+version, model config, vocabulary (tokenizer.json text), weights, optimizer and schedule state,
+step and data position, carried hidden state, RNG state, best validation loss.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from charlstm.config import ModelConfig
+from charlstm.errors import CharLSTMError
+from charlstm.model import CharLSTM
+from charlstm.vocab import Vocab
+
+FORMAT = "charlstm-checkpoint"
+FORMAT_VERSION = 1
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (no-op where directories can't be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`.
+
+    A crash at any instant leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint's dict safely, with one clear error for every way it can be wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CharLSTMError(f"checkpoint not found: {path}", "pass the path of a .pt file")
+    if path.is_dir():
+        raise CharLSTMError(
+            f"{path} is a folder, not a checkpoint", f"pass {path / 'best.pt'} or last.pt"
+        )
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise CharLSTMError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    # torch.save writes a zip archive (or, in the legacy format, a pickle: PROTO opcode 0x80);
+    # anything else (a text file, random bytes) must not reach the unpickler, which fails on
+    # it with arbitrary exceptions or reports it as a forbidden pickle
+    if head and not (head == b"PK\x03\x04" or head[:1] == b"\x80"):
+        raise CharLSTMError(
+            f"{path} is not a charlstm checkpoint (not a PyTorch file)",
+            "use last.pt or best.pt from a charlstm run",
+        )
+    try:
+        with warnings.catch_warnings():  # torch warns about legacy pickles; we explain below
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower() or "weights_only" in str(e).lower():
+            raise CharLSTMError(
+                f"refusing to load {path}: it carries pickled code or objects, not plain data",
+                "only load checkpoints written by charlstm from sources you trust",
+            ) from None
+        raise CharLSTMError(f"{path} is not a charlstm checkpoint (unreadable pickle)") from None
+    except Exception as e:  # a damaged file makes the unpickler fail in many ways
+        reason = "truncated or corrupt" if path.stat().st_size else "empty"
+        detail = (str(e).splitlines() or [type(e).__name__])[0][:120]  # EOFError() is blank
+        raise CharLSTMError(
+            f"{path} is not a readable checkpoint ({reason}: {detail})",
+            "use last.pt or best.pt from a charlstm run",
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CharLSTMError(f"{path} is not a charlstm checkpoint", "it lacks the format marker")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise CharLSTMError(
+            f"{path} has checkpoint format version {version!r}; this charlstm reads up to "
+            f"{FORMAT_VERSION}",
+            "upgrade charlstm to read it",
+        )
+    return payload
+
+
+@dataclass
+class Checkpoint:
+    """A loaded model with its vocabulary and the run facts stored beside it."""
+
+    model: CharLSTM
+    vocab: Vocab
+    payload: dict
+    path: Path
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+
+def build_model(payload: dict) -> CharLSTM:
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+        model = CharLSTM(config)
+        model.load_state_dict(payload["model"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        raise CharLSTMError(f"checkpoint is damaged: {str(e).splitlines()[0][:160]}") from None
+    return model
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Model (in eval mode, on `device`) and vocabulary from a checkpoint file."""
+    payload = read_checkpoint(path)
+    model = build_model(payload).to(device).eval()
+    vocab = Vocab.from_json(payload["vocab"])
+    return Checkpoint(model, vocab, payload, Path(path))
+
+
+def describe(path: str | Path) -> dict:
+    """What a checkpoint holds, as plain data: format, model, vocabulary, training progress,
+    best validation, and the data it was trained on (no weights are built)."""
+    import math
+
+    payload = read_checkpoint(path)
+    vocab = Vocab.from_json(payload["vocab"])
+    params = sum(t.numel() for k, t in payload["model"].items())
+    if payload["model_config"].get("tie_weights"):
+        params -= payload["model"]["head.weight"].numel()  # the same tensor as the embedding
+    preview = vocab.chars[:80] if vocab.level == "char" else "(256 byte values)"
+    best = payload.get("best_val")
+    return {
+        "path": str(path),
+        "format_version": payload["format_version"],
+        "model": payload["model_config"],
+        "parameters": params,
+        "vocab": {
+            "level": vocab.level,
+            "size": vocab.size,
+            "normalize": vocab.normalize,
+            "lowercase": vocab.lowercase,
+            "preview": preview,
+        },
+        "steps": payload.get("step"),
+        "chars_seen": payload.get("chars_seen"),
+        "elapsed_s": payload.get("elapsed_s"),
+        "best_val": None
+        if best is None
+        else {"loss": best, "bpc": best / math.log(2), "perplexity": math.exp(min(best, 700))},
+        "train": {
+            k: payload.get("train_config", {}).get(k)
+            for k in ("preset", "bptt", "batch_size", "lr", "dropout", "seed")
+        },
+        "data": payload.get("data"),
+        "world_size": payload.get("world_size", 1),
+    }

@@ -1,0 +1,204 @@
+"""Exact full-stream evaluation: loss in nats/char, bits per char and perplexity.
+
+Every character after the first is predicted exactly once. With ``batch_size`` B > 1 the
+n - 1 targets are cut into B contiguous streams that run side by side; each stream starts from
+a zero state, so its first few characters are predicted with less context than a single
+stream (B = 1, the reference) would have. That warm-up is the whole price of batching: the
+same characters are scored, each exactly once, with the state carried from the start of its
+stream. bpc = loss / ln 2 and perplexity = e^loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlstm.errors import CharLSTMError
+
+EVAL_BPTT = 256  # no backward pass, so long windows only save Python overhead
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Scores of one evaluation. `chars` counts the characters predicted."""
+
+    loss: float  # nats per character
+    bpc: float
+    perplexity: float
+    chars: int
+    seconds: float
+    skipped: int = 0  # unknown characters dropped with unknown="skip"
+    split: str | None = None
+    source: str | None = None
+
+    @property
+    def chars_per_s(self) -> float:
+        return self.chars / max(self.seconds, 1e-9)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def metrics_from_nats(total_nats: float, count: int) -> tuple[float, float, float]:
+    """(loss, bpc, perplexity) from a sum of -log p over `count` predictions."""
+    loss = total_nats / count
+    perplexity = math.exp(loss) if loss < 700 else math.inf
+    return loss, loss / math.log(2), perplexity
+
+
+@torch.no_grad()
+def stream_nats(
+    model,
+    ids: np.ndarray,
+    batch_size: int = 1,
+    device=None,
+    dtype=None,
+    bptt: int = EVAL_BPTT,
+    shard: tuple[int, int] | None = None,
+) -> tuple[float, int]:
+    """Sum of -log p(next char) over `ids` (a 1-D id array or memmap), and how many.
+
+    The targets are cut into `batch_size` contiguous streams, hidden state carried through each
+    from its start. `shard=(lo, hi)` scores only streams lo..hi-1 (one rank's share), so sums
+    over disjoint shards add up to exactly the unsharded result.
+    """
+    from charlstm.runtime import autocast
+
+    device = device or next(model.parameters()).device
+    n_targets = len(ids) - 1
+    if n_targets < 1:
+        return 0.0, 0
+    streams = max(1, min(batch_size, n_targets))
+    stream_len = -(-n_targets // streams)
+    starts = np.arange(streams, dtype=np.int64) * stream_len
+    lengths = np.clip(n_targets - starts, 0, stream_len)  # last streams may be short or empty
+    lo, hi = shard if shard is not None else (0, streams)
+    starts, lengths = starts[lo:hi], lengths[lo:hi]
+    if len(starts) == 0 or lengths.sum() == 0:
+        return 0.0, 0
+    was_training = model.training
+    model.eval()
+    state = model.init_state(len(starts), device=device, dtype=torch.float32)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for pos in range(0, int(lengths.max()), bptt):
+        steps = min(bptt, int(lengths.max()) - pos)
+        offs = pos + np.arange(steps + 1, dtype=np.int64)[:, None]  # (T+1, 1)
+        index = np.minimum(starts[None, :] + offs, len(ids) - 1)
+        window = torch.from_numpy(np.asarray(ids[index], dtype=np.int64)).to(device)
+        valid = torch.from_numpy(offs[:-1] < lengths[None, :]).to(device)  # (T, B)
+        with autocast(device, dtype):
+            logits, state = model(window[:-1], state)
+        nats = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            window[1:].reshape(-1),
+            reduction="none",
+        )
+        total += (nats * valid.reshape(-1)).sum(dtype=torch.float64)
+    model.train(was_training)
+    return float(total), int(lengths.sum())
+
+
+def evaluate(
+    checkpoint,
+    *,
+    data: str | Path | None = None,
+    split: str | None = None,
+    text: str | Path | None = None,
+    batch_size: int = 1,
+    device: str = "auto",
+    unknown: str = "error",
+) -> EvalResult:
+    """Score a checkpoint (path or loaded `Checkpoint`) on a split of tokenized data (default:
+    the run's own data, its test split if non-empty else val) or on a text file encoded with
+    the checkpoint's vocabulary."""
+    from charlstm.checkpoint import Checkpoint, load_checkpoint
+    from charlstm.runtime import autocast_dtype, resolve_device
+
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise CharLSTMError(f"--batch-size must be >= 1, got {batch_size}")
+    if unknown not in ("error", "skip"):
+        raise CharLSTMError(f"unknown --unknown {unknown!r}", "use error or skip")
+    if text is not None and (data is not None or split is not None):
+        raise CharLSTMError("--text scores a file; it does not combine with --data or --split")
+    dev = resolve_device(device)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
+    ckpt.model.to(dev)
+    skipped = 0
+    if text is not None:
+        ids, skipped = _encode_text_file(Path(text), ckpt.vocab, unknown)
+        source, split_name = str(text), None
+    else:
+        ids, source, split_name = _split_ids(ckpt, data, split)
+    if len(ids) < 2:
+        raise CharLSTMError(f"{source} has fewer than 2 characters to score", "give it more text")
+    start = time.perf_counter()
+    nats, count = stream_nats(
+        ckpt.model,
+        ids,
+        batch_size,
+        dev,
+        autocast_dtype(dev, "auto") if dev.type == "cuda" else None,
+    )
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    loss, bpc, ppl = metrics_from_nats(nats, count)
+    return EvalResult(loss, bpc, ppl, count, seconds, skipped, split_name, source)
+
+
+def _encode_text_file(path: Path, vocab, unknown: str) -> tuple[np.ndarray, int]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CharLSTMError(f"text file not found: {path}") from None
+    except IsADirectoryError:
+        raise CharLSTMError(f"{path} is a folder", "pass a text file to --text") from None
+    except OSError as e:
+        raise CharLSTMError(f"cannot read {path}: {e.strerror}") from None
+    if vocab.level == "byte" and vocab.normalize == "none" and not vocab.lowercase:
+        return np.frombuffer(raw, dtype=np.uint8).astype(np.int64), 0
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CharLSTMError(
+            f"{path} is not valid UTF-8 (byte offset {e.start})",
+            "this checkpoint models characters; convert the file to UTF-8",
+        ) from None
+    content = vocab.normalize_text(content)
+    ids = vocab.encode_raw(content)
+    bad = np.flatnonzero(ids < 0)
+    if len(bad) and unknown == "error":
+        message = vocab.unknown_message(content, bad, str(path))
+        raise CharLSTMError(message, "pass --unknown skip to score the rest")
+    return ids[ids >= 0], int(len(bad))
+
+
+def _split_ids(ckpt, data, split) -> tuple[np.ndarray, str, str]:
+    from charlstm.data import load_dataset
+
+    if data is None:
+        folder = ckpt.payload.get("data", {}).get("folder")
+        if not folder or not Path(folder).exists():
+            raise CharLSTMError(
+                f"the data this model was trained on ({folder}) is not available here",
+                "pass --data DIR (a tokenized folder) or --text FILE",
+            )
+        data = folder
+    dataset = load_dataset(data)
+    if dataset.vocab.to_json() != ckpt.vocab.to_json():
+        raise CharLSTMError(
+            f"{data} was tokenized with a different vocabulary than this checkpoint",
+            "pass the data the model was trained on, or score a file with --text",
+        )
+    if split is None:
+        split = "test" if dataset.meta["chars"]["test"] > 0 else "val"
+    ids = dataset.split(split)
+    if len(ids) == 0:
+        raise CharLSTMError(f"the {split} split of {data} is empty", "choose another --split")
+    return ids, str(dataset.folder), split

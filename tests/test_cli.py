@@ -1,0 +1,408 @@
+"""The real CLI: an end-to-end run as a child process (tokenize -> train -> eval -> sample), the
+stdout/stderr contract in process with Typer's runner, and every bad input: exit code, one
+line on stderr with the key words, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import charlstm.cli
+from charlstm.prepare import tokenize
+from charlstm.sampling import generate
+from charlstm.trainer import train
+
+WORDS = "the cat sat on a mat and then it ran to see what the dog was doing in the old red barn"
+SMALL = [
+    "--preset",
+    "tiny",
+    "--hidden",
+    "32",
+    "--embed",
+    "16",
+    "--bptt",
+    "16",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+]
+
+
+@pytest.fixture(autouse=True)
+def light(monkeypatch, tmp_path):
+    """A private cache, one thread here and in child processes, plain (non-live) progress."""
+    monkeypatch.setenv("CHARLSTM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("CHARLSTM_PLAIN", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def word_text(n_chars: int, seed: int = 0) -> str:
+    rng = random.Random(seed)
+    words = WORDS.split()
+    text = ""
+    while len(text) < n_chars:
+        text += " ".join(rng.choice(words) for _ in range(8)) + ".\n"
+    return text[:n_chars]
+
+
+def cli(*args: object):
+    """Run the CLI in process; stdout and stderr come back separately."""
+    return CliRunner().invoke(charlstm.cli.app, [str(a) for a in args])
+
+
+def assert_clean_error(result, exit_code: int, *words: str) -> str:
+    """Exit code as given, nothing on stdout, exactly one 'error:' line on stderr containing
+    `words`, and no traceback anywhere. Returns the line."""
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == exit_code, (result.exit_code, result.stderr)
+    assert "Traceback" not in result.stdout + result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> dict[str, Path]:
+    """A tokenized folder and a 20-step run on it, made with the library."""
+    root = tmp_path_factory.mktemp("cli")
+    source = root / "corpus.txt"
+    source.write_text(word_text(3000), encoding="utf-8")
+    data = tokenize(source, root / "tok").out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    train(
+        data,
+        root / "run",
+        preset="tiny",
+        hidden_size=32,
+        embed_size=16,
+        bptt=16,
+        batch_size=4,
+        steps=20,
+        eval_every=10,
+        dropout=0.0,
+        device="cpu",
+    )
+    torch.set_num_threads(threads)
+    return {"data": data, "run": root / "run", "best": root / "run" / "best.pt", "source": source}
+
+
+# -- end to end, as a user runs it ---------------------------------------------------------------
+def test_end_to_end_in_a_child_process(tmp_path, run_cli_subprocess):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(word_text(3000, seed=5), encoding="utf-8")
+    data, out = tmp_path / "tok", tmp_path / "run"
+
+    tokenized = run_cli_subprocess("tokenize", corpus, "--out", data)
+    assert tokenized.returncode == 0, tokenized.stderr
+    assert (data / "meta.json").is_file()
+
+    trained = run_cli_subprocess(
+        "train", data, "--out", out, *SMALL, "--steps", "30", "--eval-every", "15"
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout == ""  # progress and summary are for humans: stderr
+    assert "Traceback" not in trained.stderr
+    for name in ("last.pt", "best.pt", "metrics.jsonl", "config.json"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "eval"] == [15, 30]
+
+    evaluated = run_cli_subprocess("eval", out / "best.pt", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "Traceback" not in evaluated.stderr
+    lines = evaluated.stdout.splitlines()
+    assert len(lines) == 1
+    scores = json.loads(lines[0])
+    assert {"loss", "bpc", "perplexity", "chars", "seconds"} <= set(scores)
+    assert scores["split"] == "val"
+    assert scores["chars"] == len(np.load(data / "val.npy")) - 1
+    assert scores["bpc"] == pytest.approx(scores["loss"] / np.log(2))
+    assert scores["perplexity"] == pytest.approx(np.exp(scores["loss"]))
+
+    sampled = run_cli_subprocess(
+        "sample", out / "best.pt", "--prime", "the cat", "--length", "50", "--seed", "1"
+    )
+    assert sampled.returncode == 0, sampled.stderr
+    assert "Traceback" not in sampled.stderr
+    assert sampled.stdout.startswith("the cat")
+    assert sampled.stdout.endswith("\n")
+    assert len(sampled.stdout) == len("the cat") + 50 + 1
+    # exactly the library's text for the same arguments
+    (text,) = generate(out / "best.pt", prime="the cat", length=50, seed=1)
+    assert sampled.stdout == text + "\n"
+
+
+# -- stdout carries data only --------------------------------------------------------------------
+def test_sample_prints_exactly_the_text(run):
+    result = cli("sample", run["best"], "--prime", "the dog", "--length", "50", "--seed", "1")
+    assert result.exit_code == 0, result.stderr
+    (text,) = generate(run["best"], prime="the dog", length=50, seed=1)
+    assert result.stdout == text + "\n"
+    assert len(result.stdout) == len("the dog") + 50 + 1
+    assert "Traceback" not in result.stderr
+
+
+def test_sample_several_separated_by_blank_lines(run):
+    result = cli(
+        "sample", run["best"], "--prime", "a", "--length", "40", "--seed", "3", "--num-samples", "3"
+    )
+    assert result.exit_code == 0, result.stderr
+    texts = generate(run["best"], prime="a", length=40, seed=3, num_samples=3)
+    assert len(texts) == 3
+    assert result.stdout == "\n\n".join(texts) + "\n"
+    assert all(t.startswith("a") and len(t) == 41 for t in texts)
+
+
+def test_sample_to_a_file_leaves_stdout_empty(run, tmp_path):
+    path = tmp_path / "samples.txt"
+    result = cli(
+        "sample",
+        run["best"],
+        "--prime",
+        "in",
+        "--length",
+        "30",
+        "--seed",
+        "2",
+        "--num-samples",
+        "2",
+        "--output",
+        path,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    texts = generate(run["best"], prime="in", length=30, seed=2, num_samples=2)
+    assert path.read_text(encoding="utf-8") == "\n\n".join(texts) + "\n"
+    assert "wrote 2 sample(s)" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.txt"]  # no temp file left
+
+
+def test_sample_prime_file(run, tmp_path):
+    prime = tmp_path / "prime.txt"
+    prime.write_text("the red barn", encoding="utf-8")
+    result = cli("sample", run["best"], "--prime-file", prime, "--length", "10", "--seed", "1")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.startswith("the red barn") and len(result.stdout) == 12 + 10 + 1
+
+
+def test_eval_json_is_one_object(run):
+    result = cli("eval", run["best"], "--json")
+    assert result.exit_code == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    scores = json.loads(line)
+    assert {"loss", "bpc", "perplexity", "chars", "seconds"} <= set(scores)
+    assert scores["chars"] == len(np.load(run["data"] / "val.npy")) - 1
+
+
+def test_eval_table_goes_to_stderr(run):
+    result = cli("eval", run["best"], "--text", run["source"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""
+    assert "bits per char" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "sample"])
+def test_help_has_examples(command):
+    result = cli(command, "--help")
+    assert result.exit_code == 0
+    assert "Example" in result.stdout
+
+
+def test_version():
+    result = cli("--version")
+    assert result.exit_code == 0
+    assert result.stdout.strip() == f"charlstm {charlstm.__version__}"
+
+
+# -- bad inputs: eval and sample -----------------------------------------------------------------
+@pytest.fixture
+def broken(run, tmp_path) -> dict[str, Path]:
+    truncated = tmp_path / "truncated.pt"
+    data = run["best"].read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    text = tmp_path / "notes.pt"
+    text.write_text("just some notes\n", encoding="utf-8")
+    return {"missing": tmp_path / "missing.pt", "truncated": truncated, "text": text}
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_missing_checkpoint(broken, command):
+    assert_clean_error(
+        cli(command, broken["missing"]), 1, "checkpoint not found", str(broken["missing"])
+    )
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_truncated_checkpoint(broken, command):
+    assert_clean_error(
+        cli(command, broken["truncated"]), 1, "not a readable checkpoint", "truncated or corrupt"
+    )
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_file_that_is_not_a_checkpoint(broken, command):
+    assert_clean_error(cli(command, broken["text"]), 1, "not a charlstm checkpoint")
+
+
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_folder_instead_of_checkpoint(run, command):
+    assert_clean_error(cli(command, run["run"]), 1, "is a folder", "best.pt")
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--temperature", "-1"], ["--temperature must be >= 0"]),
+        (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
+        (["--top-p", "1.5"], ["--top-p must be in (0, 1]"]),
+        (["--top-k", "-1"], ["--top-k must be >= 0"]),
+        (["--length", "-1"], ["--length must be >= 0"]),
+        (["--num-samples", "0"], ["--num-samples must be >= 1"]),
+        (["--prime", "the Zebra!"], ["the prime text", "'Z' at 4", "'!' at 9"]),
+        (["--prime", "a", "--prime-file", "x.txt"], ["--prime or --prime-file"]),
+        (["--prime-file", "/nonexistent/prime.txt"], ["prime file not found"]),
+    ],
+)
+def test_bad_sample_options(run, options, words):
+    assert_clean_error(cli("sample", run["best"], *options), 1, *words)
+
+
+def test_sample_output_that_is_a_folder(run, tmp_path):
+    assert_clean_error(cli("sample", run["best"], "--output", tmp_path), 1, "is a folder")
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--top-k", "many"], ["--top-k", "sample --help"]),
+        (["--bogus"], ["No such option", "--bogus"]),
+        (["--dtype", "fp8"], ["--dtype", "fp8"]),
+    ],
+)
+def test_sample_usage_errors(run, args, words):
+    assert_clean_error(cli("sample", run["best"], *args), 2, *words)
+
+
+def test_eval_text_missing(run, tmp_path):
+    assert_clean_error(
+        cli("eval", run["best"], "--text", tmp_path / "gone.txt"),
+        1,
+        "text file not found",
+        "gone.txt",
+    )
+
+
+def test_eval_text_unreadable(run, tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("the café".encode("latin-1"))
+    assert_clean_error(cli("eval", run["best"], "--text", path), 1, "not valid UTF-8")
+    assert_clean_error(cli("eval", run["best"], "--text", tmp_path), 1, "is a folder")
+
+
+def test_eval_text_with_unknown_characters(run, tmp_path):
+    path = tmp_path / "odd.txt"
+    path.write_text("the cat sat on the Mat", encoding="utf-8")
+    assert_clean_error(cli("eval", run["best"], "--text", path), 1, "'M' at 19", "--unknown skip")
+    skipped = cli("eval", run["best"], "--text", path, "--unknown", "skip", "--json")
+    assert skipped.exit_code == 0, skipped.stderr
+    scores = json.loads(skipped.stdout)
+    assert scores["skipped"] == 1 and scores["chars"] == len("the cat sat on the at") - 1
+
+
+def test_eval_bad_batch_size(run):
+    assert_clean_error(cli("eval", run["best"], "--batch-size", "0"), 1, "--batch-size")
+
+
+# -- bad inputs: train ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (["--hidden", "-5"], ["--hidden must be a positive whole number", "-5"]),
+        (["--dropout", "1.0"], ["--dropout must be in [0, 1)"]),
+        (["--bptt", "0"], ["--bptt must be a whole number >= 1"]),
+        (["--batch-size", "0"], ["--batch-size must be a whole number >= 1"]),
+        (["--steps", "5", "--time-budget", "1"], ["at most one of --steps", "--time-budget"]),
+        (["--save-every", "often"], ["--save-every 'often'"]),
+    ],
+)
+def test_bad_train_options(run, tmp_path, options, words):
+    out = tmp_path / "run"
+    assert_clean_error(cli("train", run["data"], "--out", out, *SMALL, *options), 1, *words)
+    assert not out.exists()
+
+
+def test_train_usage_error(run, tmp_path):
+    assert_clean_error(
+        cli("train", run["data"], "--out", tmp_path / "r", "--preset", "huge"), 2, "--preset"
+    )
+
+
+def test_train_into_an_existing_run_is_refused_and_changes_nothing(run):
+    before = {p.name: p.read_bytes() for p in run["run"].iterdir() if p.is_file()}
+    line = assert_clean_error(
+        cli("train", run["data"], "--out", run["run"], *SMALL, "--steps", "5"),
+        1,
+        "already holds a run",
+        "--resume",
+        "--force",
+    )
+    assert str(run["run"]) in line
+    after = {p.name: p.read_bytes() for p in run["run"].iterdir() if p.is_file()}
+    assert after["last.pt"] == before["last.pt"]
+    assert after == before
+
+
+def test_train_resume_without_a_run(run, tmp_path):
+    assert_clean_error(
+        cli("train", run["data"], "--out", tmp_path / "new", *SMALL, "--resume"),
+        1,
+        "nothing to resume",
+    )
+
+
+def test_train_missing_data(tmp_path):
+    assert_clean_error(
+        cli("train", tmp_path / "nothing", "--out", tmp_path / "r", *SMALL), 1, "corpus not found"
+    )
+
+
+def test_train_in_process_then_resume(run, tmp_path):
+    """The CLI's train writes its summary to stderr only, and --resume continues the run."""
+    out = tmp_path / "run"
+    first = cli("train", run["data"], "--out", out, *SMALL, "--steps", "6", "--eval-every", "3")
+    assert first.exit_code == 0, first.stderr
+    assert first.stdout == ""
+    assert "training summary" in first.stderr
+    resumed = cli(
+        "train",
+        run["data"],
+        "--out",
+        out,
+        *SMALL,
+        "--steps",
+        "9",
+        "--eval-every",
+        "3",
+        "--resume",
+        "--quiet",
+    )
+    assert resumed.exit_code == 0, resumed.stderr
+    assert resumed.stdout == ""
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines if '"eval"' in line] == [3, 6, 9]

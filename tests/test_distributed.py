@@ -1,0 +1,121 @@
+"""torchrun + DDP on CPU (gloo): 2 processes compute what 1 process computes with the same
+global batch; one set of run files; a failing rank fails the whole job."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from charlstm.checkpoint import read_checkpoint
+from charlstm.prepare import tokenize
+from charlstm.trainer import run_lock
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "--preset",
+    "tiny",
+    "--hidden",
+    "32",
+    "--embed",
+    "16",
+    "--bptt",
+    "16",
+    "--batch-size",
+    "4",
+    "--dropout",
+    "0",
+    "--seed",
+    "5",
+    "--quiet",
+]
+
+
+def _env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("GLOO_SOCKET_IFNAME", "lo")  # loopback only: no network needed
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _torchrun(nproc: int, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "charlstm",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    words = ["to", "be", "or", "not", "that", "is", "the", "question"]
+    text = "".join(" ".join(rng.choice(words, size=7)) + "\n" for _ in range(300))
+    (tmp_path / "c.txt").write_text(text)
+    return tokenize(tmp_path / "c.txt", tmp_path / "data").out
+
+
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
+    common = [str(data), *TINY, "--steps", "12", "--eval-every", "6"]
+    single = subprocess.run(
+        [sys.executable, "-m", "charlstm", "train", *common, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert single.returncode == 0, single.stderr
+    ddp = _torchrun(2, "train", *common, "--out", str(tmp_path / "two"))
+    assert ddp.returncode == 0, ddp.stderr + ddp.stdout
+
+    a = read_checkpoint(tmp_path / "one" / "last.pt")
+    b = read_checkpoint(tmp_path / "two" / "last.pt")
+    assert b["world_size"] == 2
+    for name, tensor in a["model"].items():
+        torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-5)
+    # validation sharded over ranks and all-reduced equals the single-process figure
+    assert abs(a["best_val"] - b["best_val"]) < 1e-5
+    # exactly one set of run files, written by rank 0
+    files = sorted(p.name for p in (tmp_path / "two").iterdir() if not p.name.startswith("."))
+    assert files == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
+
+
+def test_checkpoint_from_two_ranks_resumes_in_one(data, tmp_path):
+    run = tmp_path / "run"
+    common = [str(data), *TINY, "--eval-every", "6", "--out", str(run)]
+    first = _torchrun(2, "train", *common, "--steps", "6")
+    assert first.returncode == 0, first.stderr
+    state = read_checkpoint(run / "last.pt")["state"]
+    assert state[0].shape[1] == 4  # the hidden state of all 4 streams, rank-independent
+    resumed = subprocess.run(
+        [sys.executable, "-m", "charlstm", "train", *common, "--steps", "12", "--resume"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_checkpoint(run / "last.pt")["step"] == 12
+
+
+def test_a_failing_rank_fails_the_job_with_its_error(data, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with run_lock(run):  # rank 0 cannot take the run's lock; rank 1 is left waiting
+        result = _torchrun(
+            2, "train", str(data), *TINY, "--steps", "5", "--out", str(run), timeout=180
+        )
+    assert result.returncode != 0
+    assert "in use by another charlstm train" in result.stderr + result.stdout
