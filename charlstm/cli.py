@@ -40,6 +40,14 @@ class _Group(TyperGroup):
         except (typer.Abort, KeyboardInterrupt):
             ui.error("interrupted")
             rc = 130
+        except Exception as e:  # a bug, not a user error: one line unless --verbose
+            if _verbose:
+                raise
+            ui.error(
+                f"unexpected {type(e).__name__}: {e} (rerun with --verbose for the "
+                "traceback, and please report it)"
+            )
+            rc = 1
         if standalone_mode:
             sys.exit(rc or 0)
         return rc
@@ -77,10 +85,14 @@ def _root(
     verbose: Annotated[
         bool, typer.Option("--verbose", "-v", help="Show tracebacks for unexpected errors.")
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors and data on the terminal.")
+    ] = False,
 ) -> None:
     """charlstm: train a character-level LSTM language model on your own text."""
     global _verbose
     _verbose = verbose
+    ui.set_quiet(quiet)
 
 
 def _run(fn, *args, **kwargs):
@@ -126,18 +138,30 @@ def tokenize(
     ] = Normalize.none,
     lowercase: Annotated[bool, typer.Option("--lowercase", help="Lowercase the text.")] = False,
     val_frac: Annotated[
-        float, typer.Option(help="Fraction of the text (from the end) for validation.")
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            help="Fraction of the text (from the end) for validation. Default: 0.1, "
+            "or the standard split of a corpus from `charlstm corpus get`."
+        ),
+    ] = None,
     test_frac: Annotated[
-        float, typer.Option(help="Fraction of the text (the very end) held out for testing.")
-    ] = 0.0,
+        float | None,
+        typer.Option(
+            help="Fraction of the text (the very end) held out for testing. "
+            "Default: 0, or the corpus's standard split."
+        ),
+    ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing output folder.")
     ] = False,
 ) -> None:
     """Tokenize a corpus into train/val/test id arrays, tokenizer.json and meta.json."""
+    from charlstm.catalog import recorded_split
     from charlstm.prepare import tokenize as tokenize_corpus
 
+    standard = recorded_split(corpus) or (0.1, 0.0)
+    val_frac = standard[0] if val_frac is None else val_frac
+    test_frac = standard[1] if test_frac is None else test_frac
     result = _run(
         tokenize_corpus,
         corpus,
@@ -542,6 +566,39 @@ def bench(
     ui.show_bench(report)
     if json_out:
         print(json.dumps(report.to_dict(), indent=2))
+
+
+corpus_app = typer.Typer(
+    help="The standard corpora: list them, download one.", no_args_is_help=True
+)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command(name="list", epilog="Example:  charlstm corpus list")
+def corpus_list() -> None:
+    """The corpora `charlstm corpus get` knows: size, split, source, licence."""
+    from charlstm.catalog import CATALOG
+
+    ui.show_catalog(CATALOG.values())
+
+
+@corpus_app.command(
+    name="get",
+    epilog="Examples:  charlstm corpus get enwik8  ·  charlstm corpus get text8 --dir corpora/ "
+    "&& charlstm tokenize corpora/text8 --level byte",
+)
+def corpus_get(
+    name: Annotated[str, typer.Argument(help="tinyshakespeare, enwik8 or text8.")],
+    dir: Annotated[Path, typer.Option("--dir", help="Folder to put it in.")] = Path("corpora"),
+    url: Annotated[str | None, typer.Option(help="Download from this mirror instead.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Download again if present.")] = False,
+) -> None:
+    """Download a standard corpus, verify it, unpack it and record its standard split."""
+    from charlstm.catalog import fetch
+
+    with ui.download_progress(name) as advance:
+        path = _run(fetch, name, dir, url=url, force=force, progress=advance)
+    ui.info(f"{path} ready; next: charlstm tokenize {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,11 +5,10 @@ after that every new character costs exactly one recurrent step with the carried
 re-feeding the history.
 
 At batch 1 a step is a matrix-vector product per layer, so its speed is bounded by how fast
-the weights can be read: chars/s <= bandwidth / weight bytes. `FastLSTMStep` gets close to that
-bound by doing, per layer, one fused GEMV over [W_ih | W_hh] and [x; h] (instead of nn.LSTM's
-per-call setup), by folding the first layer's input projection into a (vocab x 4H) table
-(embedding @ W_ih^T + biases, so layer 0 reads one row instead of multiplying), and by writing
-every intermediate into preallocated buffers.
+the weights can be read: chars/s <= bandwidth / weight bytes (`charlstm bench` measures both).
+`FastLSTMStep` gets close to that bound by spending as little as possible besides the reads:
+one ATen call per layer (`torch.lstm_cell`: both GEMVs and the gates, no Python in between)
+instead of nn.LSTM's per-call setup, and no history re-fed.
 """
 
 from __future__ import annotations

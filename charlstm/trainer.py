@@ -377,7 +377,9 @@ class _Trainer:
             _param_groups(self.model, config.weight_decay),
             lr=config.lr,
             betas=(0.9, 0.99),
-            fused=device.type == "cuda" or None,
+            # fused kernels on CUDA; on a CPU the multi-tensor path beats one tensor at a time
+            fused=True if device.type == "cuda" else None,
+            foreach=None if device.type == "cuda" else True,
         )
         self.amp_dtype = autocast_dtype(device, config.precision)
         self.forward_model = self.model

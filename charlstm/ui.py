@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -23,6 +24,12 @@ from rich.progress import (
 from rich.table import Table
 
 console = Console(stderr=True, highlight=False)
+# errors and warnings always get through, even when `--quiet` silences everything else
+_alerts = Console(stderr=True, highlight=False)
+
+
+def set_quiet(quiet: bool) -> None:
+    console.quiet = quiet
 
 
 def interactive() -> bool:
@@ -32,11 +39,11 @@ def interactive() -> bool:
 
 def error(message: str) -> None:
     """One line on stderr, never wrapped, never a traceback."""
-    console.print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=True)
+    _alerts.print(f"[bold red]error:[/] {_escape(message)}", soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
+    _alerts.print(f"[yellow]warning:[/] {_escape(message)}", soft_wrap=True)
 
 
 def info(message: str) -> None:
@@ -223,6 +230,45 @@ def show_report(curves) -> None:
             "speed": f"{s['chars_per_s']:,.0f} chars/s",
         },
     )
+
+
+def show_catalog(specs) -> None:
+    """The corpora `charlstm corpus get` knows, one block per corpus (readable at any width)."""
+    for s in specs:
+        show_table(
+            s.name,
+            {
+                "size": f"{s.size_bytes:,} bytes",
+                "split": f"val {s.val_frac:g}, test {s.test_frac:g} (from the end)",
+                "what": s.description,
+                "licence": s.licence,
+                "source": s.url,
+                "checksum": "sha256 pinned" if s.download_sha256 else "size checked",
+            },
+        )
+
+
+@contextmanager
+def download_progress(name: str):
+    """A Rich download bar (bytes, speed); yields the callback `fetch` reports to."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    progress = Progress(
+        TextColumn(f"[bold]{name}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not interactive(),
+    )
+    task = progress.add_task("download", total=None)
+
+    def advance(done: int, total: int | None) -> None:
+        progress.update(task, completed=done, total=total)
+
+    with progress:
+        yield advance
 
 
 def show_info(facts: Mapping) -> None:

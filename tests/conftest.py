@@ -12,6 +12,13 @@ from typer.testing import CliRunner
 
 import charlstm.cli
 
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
+
+
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "corpora" / "tinyshakespeare.txt"
 
@@ -31,6 +38,9 @@ def isolated_env(tmp_path_factory, monkeypatch) -> Path:
     into the user's home or the checkout (default outputs go to ./data)."""
     cache = tmp_path_factory.mktemp("cache")
     monkeypatch.setenv("CHARLSTM_CACHE", str(cache))
+    # one thread per process (children inherit it): the suite runs 2 workers on 2 cores, and
+    # tiny models only lose time to thread hand-offs
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
     return cache
 

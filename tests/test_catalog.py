@@ -1,0 +1,162 @@
+"""`charlstm corpus list/get` against an HTTP server on 127.0.0.1 started by the test: a good
+file, a corrupt one, a 404, a refused connection; .zip and .gz unpacking; recorded splits."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import http.server
+import io
+import json
+import socket
+import threading
+import zipfile
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import charlstm.catalog as catalog
+from charlstm.errors import CharLSTMError
+
+TEXT = ("It was the best of times, it was the worst of times.\n" * 200).encode()
+
+
+def _zip(member: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(member, data)
+    return buf.getvalue()
+
+
+FILES = {
+    "/plain.txt": TEXT,
+    "/corpus.zip": _zip("corpus", TEXT),
+    "/corpus.gz": gzip.compress(TEXT),
+    "/corrupt.txt": TEXT[:-10] + b"XXXXXXXXXX",
+}
+
+
+@pytest.fixture(scope="module")
+def server():
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the http.server API
+            body = FILES.get(self.path)
+            if body is None:
+                self.send_error(404, "Not Found")
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def entry(monkeypatch):
+    """A catalog entry for the served text, with its real checksum and size."""
+    spec = catalog.CorpusSpec(
+        "toy",
+        "http://127.0.0.1:9/plain.txt",
+        "toy.txt",
+        len(TEXT),
+        "a toy",
+        "none",
+        0.05,
+        0.05,
+        hashlib.sha256(TEXT).hexdigest(),
+    )
+    monkeypatch.setitem(catalog.CATALOG, "toy", spec)
+    return spec
+
+
+def test_good_download_is_verified_and_records_its_split(server, entry, tmp_path, run_cli):
+    result = run_cli("corpus", "get", "toy", "--dir", tmp_path, "--url", f"{server}/plain.txt")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "toy.txt").read_bytes() == TEXT
+    meta = json.loads((tmp_path / "toy.txt.json").read_text())
+    assert (meta["val_frac"], meta["test_frac"]) == (0.05, 0.05)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # tokenize applies the recorded standard split when no fractions are given
+    out = run_cli("tokenize", tmp_path / "toy.txt", "--out", tmp_path / "data")
+    assert out.exit_code == 0, out.stderr
+    meta = json.loads((tmp_path / "data" / "meta.json").read_text())
+    assert (meta["val_frac"], meta["test_frac"]) == (0.05, 0.05)
+    assert meta["chars"]["test"] > 0
+    again = run_cli("corpus", "get", "toy", "--dir", tmp_path, "--url", f"{server}/plain.txt")
+    assert again.exit_code == 1 and "--force" in again.stderr
+
+
+def test_corrupt_download_is_deleted_with_a_clear_error(server, entry, tmp_path, run_cli):
+    result = run_cli("corpus", "get", "toy", "--dir", tmp_path, "--url", f"{server}/corrupt.txt")
+    assert result.exit_code == 1
+    assert "sha256" in result.stderr and "deleted" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_404_names_the_url_and_the_manual_way(server, entry, tmp_path, run_cli):
+    url = f"{server}/missing.txt"
+    result = run_cli("corpus", "get", "toy", "--dir", tmp_path, "--url", url)
+    assert result.exit_code == 1
+    assert "404" in result.stderr and url in result.stderr
+    assert "yourself" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_connection_refused_names_the_url(entry, tmp_path, run_cli):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/plain.txt"
+    result = run_cli("corpus", "get", "toy", "--dir", tmp_path, "--url", url)
+    assert result.exit_code == 1
+    assert url in result.stderr and "yourself" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("path", ["/corpus.zip", "/corpus.gz"])
+def test_zip_and_gz_are_unpacked(server, entry, tmp_path, monkeypatch, path):
+    monkeypatch.setitem(
+        catalog.CATALOG, "toy", replace(entry, download_sha256=None, member="corpus")
+    )
+    out = catalog.fetch("toy", tmp_path, url=server + path)
+    assert out.read_bytes() == TEXT
+
+
+def test_wrong_size_after_unpacking_is_refused(server, entry, tmp_path, monkeypatch):
+    monkeypatch.setitem(catalog.CATALOG, "toy", replace(entry, size_bytes=len(TEXT) + 1))
+    with pytest.raises(CharLSTMError, match="expected"):
+        catalog.fetch("toy", tmp_path, url=f"{server}/plain.txt")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_list_names_every_corpus(run_cli):
+    result = run_cli("corpus", "list")
+    assert result.exit_code == 0
+    for name in ("tinyshakespeare", "enwik8", "text8"):
+        assert name in result.stderr
+
+
+def test_unknown_corpus(run_cli, tmp_path):
+    result = run_cli("corpus", "get", "wikitext-9000", "--dir", tmp_path)
+    assert result.exit_code == 1 and "unknown corpus" in result.stderr
+
+
+def test_bundled_corpus_matches_the_catalog_checksum():
+    from charlstm.corpus import bundled_corpus
+
+    data = bundled_corpus().read_bytes()
+    spec = catalog.CATALOG["tinyshakespeare"]
+    assert hashlib.sha256(data).hexdigest() == spec.download_sha256
+    assert len(data) == spec.size_bytes
+    assert np.frombuffer(data, np.uint8).max() < 128
