@@ -7,7 +7,7 @@ STEPS=${1:-40}; PRESET=${2:-small}
 PY=${PYTHON:-.venv/bin/python}
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-$PY -m charlstm tokenize --out "$WORK/data" --force -q
+$PY -m charlstm -q tokenize --out "$WORK/data" --force
 common=("$WORK/data" --preset "$PRESET" --steps "$STEPS" --eval-every 1000000 --log-every 5 --quiet)
 rate() {  # steady chars/s: the best logged rate after the first interval
   $PY - "$1" <<'PY'

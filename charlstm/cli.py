@@ -254,6 +254,9 @@ def train(
     eval_batch_size: Annotated[
         int | None, typer.Option(help="Streams used for validation during training.")
     ] = None,
+    log_every: Annotated[
+        int | None, typer.Option(help="Log a metrics line every N steps (default 10).")
+    ] = None,
     save_every: Annotated[
         str | None,
         typer.Option(help="Also save last.pt every N steps, or every Nm minutes (e.g. 5m)."),
@@ -302,6 +305,7 @@ def train(
         eval_every=eval_every,
         eval_batch_size=eval_batch_size,
         save_every=save_every,
+        log_every=log_every,
         seed=seed,
         device=device.value,
         precision=precision.value if precision != Precision.auto else None,

@@ -66,7 +66,7 @@ PRESETS: dict[str, dict] = {
         embed_size=32, hidden_size=128, num_layers=1, dropout=0.0, bptt=64, batch_size=16, lr=3e-3
     ),
     "small": dict(
-        embed_size=128, hidden_size=512, num_layers=2, dropout=0.2, bptt=128, batch_size=32, lr=3e-3
+        embed_size=128, hidden_size=512, num_layers=2, dropout=0.1, bptt=128, batch_size=32, lr=3e-3
     ),
     "medium": dict(
         embed_size=256,

@@ -22,6 +22,9 @@ import torch.nn.functional as F
 from charlstm.errors import CharLSTMError
 
 EVAL_BPTT = 256  # no backward pass, so long windows only save Python overhead
+# ... but a window's logits are T x B x vocab floats (twice, with the log-softmax): cap them so
+# a big vocabulary with many streams cannot blow up memory (2**23 floats = 32 MB)
+EVAL_MAX_LOGITS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,7 @@ def stream_nats(
     starts, lengths = starts[lo:hi], lengths[lo:hi]
     if len(starts) == 0 or lengths.sum() == 0:
         return 0.0, 0
+    bptt = max(1, min(bptt, EVAL_MAX_LOGITS // (len(starts) * model.config.vocab_size)))
     was_training = model.training
     model.eval()
     state = model.init_state(len(starts), device=device, dtype=torch.float32)
