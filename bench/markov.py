@@ -86,8 +86,18 @@ def main() -> None:
     val = np.load(data.out / "val.npy").astype(np.int64)
     floor = true_model_loss(p, val)
     start = time.perf_counter()
-    result = train(data.out, work / "run", preset="tiny", hidden_size=128, embed_size=32,
-                   bptt=64, batch_size=32, lr=3e-3, steps=args.steps, eval_every=500)
+    result = train(
+        data.out,
+        work / "run",
+        preset="tiny",
+        hidden_size=128,
+        embed_size=32,
+        bptt=64,
+        batch_size=32,
+        lr=3e-3,
+        steps=args.steps,
+        eval_every=500,
+    )
     figures = {
         "entropy_rate_nats": h,
         "true_model_on_val_nats": floor,
@@ -102,9 +112,11 @@ def main() -> None:
     else:
         print(f"entropy rate            {h:.4f} nats/char ({h / math.log(2):.4f} bpc)")
         print(f"the source itself (val) {floor:.4f}")
-        print(f"charlstm val            {result.best_val_loss:.4f}  "
-              f"({figures['ratio_to_entropy_rate']:.4f}x the entropy rate, target <= 1.02: "
-              f"{'PASS' if figures['within_2_percent'] else 'FAIL'})")
+        print(
+            f"charlstm val            {result.best_val_loss:.4f}  "
+            f"({figures['ratio_to_entropy_rate']:.4f}x the entropy rate, target <= 1.02: "
+            f"{'PASS' if figures['within_2_percent'] else 'FAIL'})"
+        )
 
 
 if __name__ == "__main__":

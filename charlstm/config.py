@@ -23,8 +23,21 @@ def flag(field_name: str) -> str:
     return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
 
 
+class _PlainData:
+    """to/from plain dicts, for checkpoints and config.json; unknown keys are ignored so a
+    newer file still loads."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_PlainData):
     """Embedding -> dropout -> num_layers x LSTM(hidden_size) -> dropout -> Linear(vocab)."""
 
     vocab_size: int
@@ -48,14 +61,6 @@ class ModelConfig:
                 f"pass --embed {self.hidden_size}, or drop --tie-weights",
             )
         return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 # Presets: model size and the optimisation settings that go with it. The default on a CPU is
@@ -92,7 +97,7 @@ GPU_DEFAULT_PRESET = "medium"
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_PlainData):
     """Everything that defines a training run besides the data. Unset length means 1 epoch."""
 
     preset: str = CPU_DEFAULT_PRESET
@@ -196,14 +201,6 @@ class TrainConfig:
             raise CharLSTMError(f"unknown --precision {self.precision!r}", "use auto, fp32 or bf16")
         self.save_every_parsed()
         return self
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def resolve_config(preset: str | None = None, device: str = "auto", **overrides) -> TrainConfig:

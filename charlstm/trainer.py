@@ -687,6 +687,9 @@ class _Trainer:
         elapsed_total = self.elapsed_prior + time.perf_counter() - start
         if self.dist.is_main:
             self._write_curves()
+        # leave together: a rank that tears down its process group while another still works
+        # can abort in gloo's background threads
+        self.dist.barrier()
         session_steps = max(1, self.step)
         files = {
             name: self.run_dir / name

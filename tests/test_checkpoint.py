@@ -25,15 +25,6 @@ from charlstm.model import CharLSTM
 from charlstm.vocab import Vocab
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
-    monkeypatch.setenv("CHARLSTM_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def model_payload(hidden: int = 16) -> dict:
     vocab = Vocab("char", "\n abcdefgh")
     torch.manual_seed(0)

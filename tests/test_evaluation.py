@@ -21,15 +21,6 @@ from charlstm.prepare import tokenize
 WORDS = "the cat sat on a mat and then it ran to see what the dog was doing in the old red barn"
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
-    monkeypatch.setenv("CHARLSTM_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def word_text(n_chars: int, seed: int) -> str:
     rng = random.Random(seed)
     words = WORDS.split()

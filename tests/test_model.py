@@ -13,15 +13,6 @@ from charlstm.model import CharLSTM, repackage_state
 V, E, H = 11, 8, 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and leave the other core alone."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_model(**overrides) -> CharLSTM:
     torch.manual_seed(0)
     config = dict(vocab_size=V, embed_size=E, hidden_size=H, num_layers=2, dropout=0.0)

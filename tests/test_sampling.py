@@ -21,15 +21,6 @@ from charlstm.vocab import Vocab
 CHARS = "\n !,.:?ABCDEFGHIJKLMNOPRSTUVWabcdefghijklmnoprstuvwy"
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
-    monkeypatch.setenv("CHARLSTM_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_checkpoint(path: Path, num_layers: int = 2, seed: int = 0) -> Path:
     """A randomly initialised model (weights scaled up so the next-character distributions are
     far from uniform and depend on the context) saved as a charlstm checkpoint."""

@@ -39,16 +39,6 @@ TINY = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch, tmp_path):
-    """One thread (fast for tiny models, and bitwise deterministic), and a private cache."""
-    monkeypatch.setenv("CHARLSTM_CACHE", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- helpers -------------------------------------------------------------------------------------
 def word_text(n_chars: int, seed: int = 0) -> str:
     rng = random.Random(seed)
