@@ -147,7 +147,7 @@ def read_pieces(
                 carry = data[cut:]
 
 
-def decode_piece(piece: Piece) -> str:
+def decode_piece(piece: Piece, hint: str = "use --level byte to model raw bytes") -> str:
     """UTF-8 text of a piece, or a CharLSTMError naming the file and byte offset."""
     try:
         return piece.data.decode("utf-8")
@@ -156,7 +156,7 @@ def decode_piece(piece: Piece) -> str:
         raise CharLSTMError(
             f"{piece.file} is not valid UTF-8 (byte 0x{piece.data[e.start]:02x} at byte "
             f"offset {where})",
-            "use --level byte to model raw bytes",
+            hint,
         ) from None
 
 

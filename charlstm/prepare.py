@@ -84,12 +84,21 @@ def default_out_dir(src: Source, level: str, normalize: str, lowercase: bool) ->
     return Path("data") / f"{src.name}{suffix}"
 
 
-def _pieces_as_text(src: Source, normalizer) -> Callable:
+def _pieces_as_text(src: Source, normalizer, level: str = "char") -> Callable:
     """Yield (raw piece, normalized text) pairs."""
+    # byte level only decodes text in order to normalize it: raw bytes need no decoding
+    hint = (
+        (
+            "normalization needs UTF-8 text; use --normalize none (and no --lowercase) to "
+            "model the raw bytes"
+        )
+        if level == "byte"
+        else "use --level byte to model raw bytes"
+    )
 
     def gen():
         for piece in read_pieces(src, at_newline=normalizer is not None):
-            text = decode_piece(piece)
+            text = decode_piece(piece, hint)
             yield piece, (text if normalizer is None else normalizer.normalize_str(text))
 
     return gen
@@ -105,7 +114,7 @@ def _survey(src: Source, level: str, normalizer) -> tuple[Vocab | None, int, str
             n += len(piece.data)
         return None, n, digest.hexdigest()
     seen = np.zeros(MAX_CODEPOINT + 1, dtype=bool)
-    for piece, text in _pieces_as_text(src, normalizer)():
+    for piece, text in _pieces_as_text(src, normalizer, level)():
         digest.update(piece.data)
         if level == "byte":
             n += len(text.encode("utf-8"))
@@ -124,7 +133,7 @@ def _encode_pieces(src: Source, vocab: Vocab, normalizer):
             for piece in read_pieces(src):
                 yield np.frombuffer(piece.data, dtype=np.uint8)
         else:
-            for _, text in _pieces_as_text(src, normalizer)():
+            for _, text in _pieces_as_text(src, normalizer, "byte")():
                 yield np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
         return
     table = np.zeros(int(vocab._codepoints[-1]) + 1, dtype=vocab.dtype)

@@ -593,6 +593,7 @@ class _Trainer:
         start = time.perf_counter()
         last_save = start
         rate_t, rate_step = start, self.step
+        rate_start_step = self.step  # where this session began (after a resume)
         chars_per_s = 0.0
         interrupted = False
         consecutive_bad = 0
@@ -682,6 +683,8 @@ class _Trainer:
         if interrupted:
             self.reporter.message("interrupted: saving last.pt")
             self.save("last.pt", elapsed)
+        elif self.step == rate_start_step and self.last_val is not None:
+            self.reporter.message(f"the run is already at step {self.step:,}: nothing to do")
         else:
             self.evaluate_and_save(elapsed, lr)
         elapsed_total = self.elapsed_prior + time.perf_counter() - start

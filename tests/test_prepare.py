@@ -653,3 +653,12 @@ def test_root_help_shows_an_example(run_cli):
     assert result.exit_code == 0
     assert "tokenize" in result.stdout
     assert "example" in result.stdout.lower()
+
+
+def test_invalid_utf8_with_byte_level_normalization_points_at_the_right_fix(tmp_path):
+    src = tmp_path / "bad.bin"
+    src.write_bytes(b"fine text\n\xff\xfe more\n")
+    with pytest.raises(CharLSTMError, match="--normalize none") as err:
+        charlstm.prepare.tokenize(src, tmp_path / "out", level="byte", normalize="nfc")
+    assert "byte offset 10" in str(err.value)
+    assert not (tmp_path / "out").exists()

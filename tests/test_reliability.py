@@ -314,3 +314,13 @@ def test_interrupt_handler_restores_signals():
         time.sleep(0.01)
         assert interrupt.requested
     assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_resuming_a_finished_run_changes_nothing(data, tmp_path):
+    run = tmp_path / "run"
+    kw = dict(preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4, seed=1)
+    train(data, run, steps=10, eval_every=5, **kw)
+    before = (run / "metrics.jsonl").read_text()
+    result = train(data, run, steps=10, eval_every=5, resume=True, **kw)
+    assert result.steps == 10
+    assert (run / "metrics.jsonl").read_text() == before  # no second final evaluation
