@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_args
 from typer.testing import CliRunner
 
 import charlstm.cli
@@ -19,20 +20,7 @@ from charlstm.sampling import generate
 from charlstm.trainer import train
 
 WORDS = "the cat sat on a mat and then it ran to see what the dog was doing in the old red barn"
-SMALL = [
-    "--preset",
-    "tiny",
-    "--hidden",
-    "32",
-    "--embed",
-    "16",
-    "--bptt",
-    "16",
-    "--batch-size",
-    "4",
-    "--device",
-    "cpu",
-]
+SMALL = tiny_args(device="cpu")
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_args
 
 from charlstm.checkpoint import read_checkpoint
 from charlstm.prepare import tokenize
@@ -18,23 +19,7 @@ from charlstm.trainer import run_lock
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--preset",
-    "tiny",
-    "--hidden",
-    "32",
-    "--embed",
-    "16",
-    "--bptt",
-    "16",
-    "--batch-size",
-    "4",
-    "--dropout",
-    "0",
-    "--seed",
-    "5",
-    "--quiet",
-]
+TINY = [*tiny_args(dropout=0, seed=5), "--quiet"]
 
 
 def _env() -> dict:

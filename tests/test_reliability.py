@@ -15,29 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_args
 
 from charlstm.checkpoint import read_checkpoint
 from charlstm.errors import CharLSTMError
 from charlstm.prepare import tokenize
 from charlstm.trainer import MetricsLog, run_lock, train
 
-TINY = [
-    "--preset",
-    "tiny",
-    "--hidden",
-    "32",
-    "--embed",
-    "16",
-    "--bptt",
-    "16",
-    "--batch-size",
-    "4",
-    "--dropout",
-    "0.1",
-    "--seed",
-    "3",
-    "--quiet",
-]
+TINY = [*tiny_args(dropout=0.1, seed=3), "--quiet"]
 
 
 def _text(n_lines: int = 400, seed: int = 0) -> str:
