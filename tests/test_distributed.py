@@ -104,3 +104,21 @@ def test_a_failing_rank_fails_the_job_with_its_error(data, tmp_path):
         )
     assert result.returncode != 0
     assert "in use by another charlstm train" in result.stderr + result.stdout
+
+
+def test_resume_under_torchrun_is_exact(data, tmp_path):
+    # a constant learning rate makes the schedule independent of --steps, so "6 then resume
+    # to 12" must equal "12 in one go"; dropout 0.1 checks each rank's restored RNG stream
+    common = [str(data), *TINY, "--dropout", "0.1", "--warmup", "0", "--min-lr-ratio", "1",
+              "--eval-every", "6"]  # fmt: skip
+    one_go = _torchrun(2, "train", *common, "--steps", "12", "--out", str(tmp_path / "a"))
+    assert one_go.returncode == 0, one_go.stderr
+    first = _torchrun(2, "train", *common, "--steps", "6", "--out", str(tmp_path / "b"))
+    assert first.returncode == 0, first.stderr
+    second = _torchrun(2, "train", *common, "--steps", "12", "--out", str(tmp_path / "b"),
+                       "--resume")  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    a = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
+    b = read_checkpoint(tmp_path / "b" / "last.pt")["model"]
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
