@@ -5,13 +5,12 @@ line on stderr with the key words, never a traceback."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_args
+from tiny import tiny_args, word_text
 from typer.testing import CliRunner
 
 import charlstm.cli
@@ -19,29 +18,7 @@ from charlstm.prepare import tokenize
 from charlstm.sampling import generate
 from charlstm.trainer import train
 
-WORDS = "the cat sat on a mat and then it ran to see what the dog was doing in the old red barn"
 SMALL = tiny_args(device="cpu")
-
-
-@pytest.fixture(autouse=True)
-def light(monkeypatch, tmp_path):
-    """A private cache, one thread here and in child processes, plain (non-live) progress."""
-    monkeypatch.setenv("CHARLSTM_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("CHARLSTM_PLAIN", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def word_text(n_chars: int, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    words = WORDS.split()
-    text = ""
-    while len(text) < n_chars:
-        text += " ".join(rng.choice(words) for _ in range(8)) + ".\n"
-    return text[:n_chars]
 
 
 def cli(*args: object):

@@ -4,60 +4,28 @@ batching, sharding, unknown characters, the default split and bad inputs."""
 from __future__ import annotations
 
 import math
-import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tiny import random_checkpoint, word_text
 
-from charlstm.checkpoint import load_checkpoint, save_checkpoint
-from charlstm.config import ModelConfig
+from charlstm.checkpoint import load_checkpoint
 from charlstm.errors import CharLSTMError
 from charlstm.evaluation import EVAL_BPTT, evaluate, metrics_from_nats, stream_nats
 from charlstm.model import CharLSTM
 from charlstm.prepare import tokenize
 
-WORDS = "the cat sat on a mat and then it ran to see what the dog was doing in the old red barn"
-
-
-def word_text(n_chars: int, seed: int) -> str:
-    rng = random.Random(seed)
-    words = WORDS.split()
-    text = ""
-    while len(text) < n_chars:
-        text += " ".join(rng.choice(words) for _ in range(8)) + ".\n"
-    return text[:n_chars]
-
 
 def make_checkpoint(path: Path, data: Path, num_layers: int = 2, seed: int = 0) -> Path:
-    """A randomly initialised model saved as a charlstm checkpoint of a run on `data`.
-
-    The weights are scaled up so that the predictions depend strongly on the context (a freshly
-    initialised LSTM is nearly context-free, which would make the state checks toothless).
-    """
+    """A random model saved as a checkpoint of a run on the tokenized folder `data`."""
     from charlstm.vocab import Vocab
 
     vocab = Vocab.load(data / "tokenizer.json")
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        vocab_size=vocab.size, embed_size=16, hidden_size=24, num_layers=num_layers, dropout=0.0
-    )
-    model = CharLSTM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "weight" in name:
-                p.mul_(4.0)
-    save_checkpoint(
-        {
-            "model_config": config.to_dict(),
-            "model": model.state_dict(),
-            "vocab": vocab.to_json(),
-            "data": {"folder": str(data.resolve())},
-        },
-        path,
-    )
-    return path
+    extra = {"data": {"folder": str(data.resolve())}}
+    return random_checkpoint(path, vocab, hidden_size=24, num_layers=num_layers, seed=seed,
+                             scale=4.0, extra=extra)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

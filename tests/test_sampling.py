@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import random_checkpoint
 
 import charlstm.sampling
-from charlstm.checkpoint import load_checkpoint, save_checkpoint
-from charlstm.config import ModelConfig
+from charlstm.checkpoint import load_checkpoint
 from charlstm.errors import CharLSTMError
 from charlstm.model import CharLSTM
 from charlstm.sampling import FastLSTMStep, check_options, filter_logits, generate
@@ -22,23 +22,9 @@ CHARS = "\n !,.:?ABCDEFGHIJKLMNOPRSTUVWabcdefghijklmnoprstuvwy"
 
 
 def make_checkpoint(path: Path, num_layers: int = 2, seed: int = 0) -> Path:
-    """A randomly initialised model (weights scaled up so the next-character distributions are
-    far from uniform and depend on the context) saved as a charlstm checkpoint."""
+    """A random model over CHARS saved as a checkpoint."""
     vocab = Vocab("char", "".join(sorted(CHARS)))
-    torch.manual_seed(seed)
-    config = ModelConfig(
-        vocab_size=vocab.size, embed_size=16, hidden_size=32, num_layers=num_layers, dropout=0.0
-    )
-    model = CharLSTM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "weight" in name:
-                p.mul_(2.0)
-    save_checkpoint(
-        {"model_config": config.to_dict(), "model": model.state_dict(), "vocab": vocab.to_json()},
-        path,
-    )
-    return path
+    return random_checkpoint(path, vocab, hidden_size=32, num_layers=num_layers, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tiny import word_text
 
 import charlstm.trainer
 from charlstm.checkpoint import load_checkpoint, read_checkpoint
@@ -22,7 +23,6 @@ from charlstm.model import CharLSTM
 from charlstm.prepare import tokenize
 from charlstm.trainer import train
 
-WORDS = "the cat sat on a mat and then it ran to see what the dog was doing in the old red barn"
 # small, fast and deterministic: warm-up and decay still apply unless a test turns them off
 TINY = dict(
     preset="tiny",
@@ -40,15 +40,6 @@ TINY = dict(
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def word_text(n_chars: int, seed: int = 0) -> str:
-    rng = random.Random(seed)
-    words = WORDS.split()
-    lines = []
-    while sum(map(len, lines)) < n_chars:
-        lines.append(" ".join(rng.choice(words) for _ in range(8)) + ".\n")
-    return "".join(lines)[:n_chars]
-
-
 def make_data(folder: Path, text: str, **options) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     source = folder / "corpus.txt"
