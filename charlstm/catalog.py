@@ -11,13 +11,13 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
 import urllib.error
 import urllib.request
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from charlstm.errors import CharLSTMError
 
@@ -34,8 +34,12 @@ class CorpusSpec:
     test_frac: float
     download_sha256: str | None = None  # of the downloaded file, where pinned
     member: str | None = None  # file inside a .zip
+    text_sha256: str | None = None  # of the unpacked text, where it differs from the download
 
 
+#: The enwik8/text8 digests (enwik8.zip 36,445,475 B, text8.zip 31,344,016 B) are the ones that
+#: Hugging Face `datasets` (datasets/enwik8/dataset_infos.json) and many independent projects
+#: pin for mattmahoney.net's files; they were not re-measured here (no internet on this machine).
 CATALOG: dict[str, CorpusSpec] = {
     spec.name: spec
     for spec in (
@@ -60,8 +64,9 @@ CATALOG: dict[str, CorpusSpec] = {
             "Wikipedia text, CC BY-SA",
             0.05,
             0.05,
-            None,
+            "547994d9980ebed1288380d652999f38a14fe291a6247c157c3d33d4932534bc",
             "enwik8",
+            "2b49720ec4d78c3c9fabaee6e4179a5e997302b3a70029f30f2d582218c024a8",
         ),
         CorpusSpec(
             "text8",
@@ -72,8 +77,9 @@ CATALOG: dict[str, CorpusSpec] = {
             "Wikipedia text, CC BY-SA",
             0.05,
             0.05,
-            None,
+            "a6640522afe85d1963ad56c05b0ede0a0c000dddc9671758a6cc09b7a38e5232",
             "text8",
+            "6e890197040d37d85beb962ae1f041ff1d9a9ca8d20c7d99c85027eebf51dca7",
         ),
     )
 }
@@ -142,11 +148,17 @@ def fetch(
                 f"{s.download_sha256[:16]}...); the download was deleted",
                 "try again, or check the mirror",
             )
-        _unpack(part, unpacked, source, s.member)
+        text_sha = _unpack(part, unpacked, source, s.member)
         size = unpacked.stat().st_size
         if size != s.size_bytes:
             raise CharLSTMError(
                 f"{name} unpacked to {size:,} bytes, expected {s.size_bytes:,}; it was deleted",
+                "try again, or check the mirror",
+            )
+        if s.text_sha256 is not None and text_sha != s.text_sha256:
+            raise CharLSTMError(
+                f"{name} unpacked to text that does not match the expected sha256 (got "
+                f"{text_sha[:16]}..., expected {s.text_sha256[:16]}...); it was deleted",
                 "try again, or check the mirror",
             )
         os.replace(unpacked, target)
@@ -159,23 +171,29 @@ def fetch(
     return target
 
 
-def _unpack(archive: Path, dest: Path, source: str, member: str | None) -> None:
-    """The text out of a .zip (its member) or .gz, or the file as is."""
+def _unpack(archive: Path, dest: Path, source: str, member: str | None) -> str:
+    """The text out of a .zip (its member) or .gz, or the file as is; return its sha256."""
+    digest = hashlib.sha256()
+
+    def copy(f: BinaryIO) -> None:
+        with open(dest, "wb") as out:
+            while block := f.read(1 << 20):
+                out.write(block)
+                digest.update(block)
+
     try:
         if source.endswith(".zip"):
-            with (
-                zipfile.ZipFile(archive) as z,
-                z.open(member or z.namelist()[0]) as f,
-                open(dest, "wb") as out,
-            ):
-                shutil.copyfileobj(f, out, 1 << 20)
+            with zipfile.ZipFile(archive) as z, z.open(member or z.namelist()[0]) as f:
+                copy(f)
         elif source.endswith(".gz"):
-            with gzip.open(archive) as f, open(dest, "wb") as out:
-                shutil.copyfileobj(f, out, 1 << 20)
+            with gzip.open(archive) as f:
+                copy(f)
         else:
-            shutil.copyfile(archive, dest)
+            with open(archive, "rb") as f:
+                copy(f)
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as e:
         raise CharLSTMError(f"cannot unpack what {source} sent: {e}", "try again") from None
+    return digest.hexdigest()
 
 
 def recorded_split(corpus: str | Path | None) -> tuple[float, float] | None:

@@ -133,6 +133,29 @@ def test_zip_and_gz_are_unpacked(server, entry, tmp_path, monkeypatch, path):
     assert out.read_bytes() == TEXT
 
 
+def test_zip_checked_twice_archive_and_unpacked_text(server, entry, tmp_path, monkeypatch):
+    """enwik8/text8 style: the archive's sha256 and the unpacked text's are both pinned."""
+    pinned = replace(
+        entry,
+        download_sha256=hashlib.sha256(FILES["/corpus.zip"]).hexdigest(),
+        member="corpus",
+        text_sha256=hashlib.sha256(TEXT).hexdigest(),
+    )
+    monkeypatch.setitem(catalog.CATALOG, "toy", pinned)
+    assert catalog.fetch("toy", tmp_path / "ok", url=f"{server}/corpus.zip").read_bytes() == TEXT
+    monkeypatch.setitem(catalog.CATALOG, "toy", replace(pinned, text_sha256="0" * 64))
+    with pytest.raises(CharLSTMError, match="unpacked to text that does not match"):
+        catalog.fetch("toy", tmp_path / "bad", url=f"{server}/corpus.zip")
+    assert list((tmp_path / "bad").iterdir()) == []
+
+
+def test_every_catalog_corpus_is_pinned():
+    for s in catalog.CATALOG.values():
+        for digest in (s.download_sha256, s.text_sha256 or s.download_sha256):
+            assert digest is not None and len(digest) == 64 and int(digest, 16) >= 0, s.name
+        assert s.url.endswith(".zip") == (s.member is not None), s.name
+
+
 def test_wrong_size_after_unpacking_is_refused(server, entry, tmp_path, monkeypatch):
     monkeypatch.setitem(catalog.CATALOG, "toy", replace(entry, size_bytes=len(TEXT) + 1))
     with pytest.raises(CharLSTMError, match="expected"):
