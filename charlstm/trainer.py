@@ -377,9 +377,9 @@ class _Trainer:
             _param_groups(self.model, config.weight_decay),
             lr=config.lr,
             betas=(0.9, 0.99),
-            # fused kernels on CUDA; on a CPU the multi-tensor path beats one tensor at a time
-            fused=True if device.type == "cuda" else None,
-            foreach=None if device.type == "cuda" else True,
+            # one fused kernel per tensor on CUDA and CPU (2x512 on 2 cores: 1.7 ms a step
+            # against 9.0 ms for the multi-tensor path, 13.4 ms one tensor at a time)
+            fused=True if device.type in ("cuda", "cpu") else None,
         )
         self.amp_dtype = autocast_dtype(device, config.precision)
         self.forward_model = self.model
