@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_args, word_text
+from tiny import TINY_KWARGS, tiny_args, word_text
 from typer.testing import CliRunner
 
 import charlstm.cli
@@ -53,11 +53,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
     train(
         data,
         root / "run",
-        preset="tiny",
-        hidden_size=32,
-        embed_size=16,
-        bptt=16,
-        batch_size=4,
+        **TINY_KWARGS,
         steps=20,
         eval_every=10,
         dropout=0.0,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import tiny_args
+from tiny import TINY_KWARGS, tiny_args
 
 from charlstm.checkpoint import read_checkpoint
 from charlstm.errors import CharLSTMError
@@ -132,11 +132,7 @@ def test_interrupted_and_resumed_run_equals_one_go(data, tmp_path, sig):
 def test_torn_metrics_line_is_tolerated_on_resume(data, tmp_path):
     run = tmp_path / "run"
     kw = dict(
-        preset="tiny",
-        hidden_size=32,
-        embed_size=16,
-        bptt=16,
-        batch_size=4,
+        **TINY_KWARGS,
         seed=1,
         eval_every=10,
         save_every="10",
@@ -163,7 +159,7 @@ def test_checkpoint_write_is_atomic(data, tmp_path, monkeypatch):
     import charlstm.checkpoint as ckpt
 
     run = tmp_path / "run"
-    kw = dict(preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4, seed=1)
+    kw = dict(**TINY_KWARGS, seed=1)
     train(data, run, steps=10, **kw)
     before = (run / "last.pt").read_bytes()
 
@@ -219,9 +215,7 @@ def test_nan_guard_skips_bad_steps_then_stops_with_files_untouched(data, tmp_pat
     import charlstm.trainer as trainer
 
     run = tmp_path / "run"
-    kw = dict(
-        preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4, seed=1, eval_every=10
-    )
+    kw = dict(**TINY_KWARGS, seed=1, eval_every=10)
     train(data, run, steps=10, **kw)
     last, best = (run / "last.pt").read_bytes(), (run / "best.pt").read_bytes()
 
@@ -250,7 +244,7 @@ def test_nan_guard_skips_bad_steps_then_stops_with_files_untouched(data, tmp_pat
 
 def test_resume_refuses_changed_data_unless_allowed(data, tmp_path):
     run = tmp_path / "run"
-    kw = dict(preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4, seed=1)
+    kw = dict(**TINY_KWARGS, seed=1)
     train(data, run, steps=10, **kw)
     other_src = tmp_path / "other.txt"
     other_src.write_text(_text(seed=1), encoding="utf-8")  # same vocabulary, other text
@@ -303,7 +297,7 @@ def test_interrupt_handler_restores_signals():
 
 def test_resuming_a_finished_run_changes_nothing(data, tmp_path):
     run = tmp_path / "run"
-    kw = dict(preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4, seed=1)
+    kw = dict(**TINY_KWARGS, seed=1)
     train(data, run, steps=10, eval_every=5, **kw)
     before = (run / "metrics.jsonl").read_text()
     result = train(data, run, steps=10, eval_every=5, resume=True, **kw)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import word_text
+from tiny import TINY_KWARGS, word_text
 
 import charlstm.trainer
 from charlstm.checkpoint import load_checkpoint, read_checkpoint
@@ -25,11 +25,7 @@ from charlstm.trainer import train
 
 # small, fast and deterministic: warm-up and decay still apply unless a test turns them off
 TINY = dict(
-    preset="tiny",
-    hidden_size=32,
-    embed_size=16,
-    bptt=16,
-    batch_size=4,
+    **TINY_KWARGS,
     lr=1e-2,
     dropout=0.0,
     eval_every=10,

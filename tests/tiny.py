@@ -1,16 +1,18 @@
 """The tiny model the tests train: CLI arguments and library keyword arguments (milliseconds a
 step on one thread)."""
 
-# `charlstm train` options, before the ones a test adds (--steps, --dropout, --seed, ...)
-TINY_ARGS = ["--preset", "tiny", "--hidden", "32", "--embed", "16", "--bptt", "16",
-             "--batch-size", "4"]  # fmt: skip
+from charlstm.config import flag
+
+# `charlstm.train` keyword arguments of the tiny model, before the ones a test adds
+TINY_KWARGS: dict = dict(preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4)
 
 
 def tiny_args(**extra: object) -> list[str]:
-    """TINY_ARGS plus `--name value` for each keyword (underscores become dashes)."""
-    out = list(TINY_ARGS)
-    for name, value in extra.items():
-        out += [f"--{name.replace('_', '-')}", str(value)]
+    """The same model as `charlstm train` options, plus `--name value` for each keyword
+    (spelled as the CLI spells it: hidden_size -> --hidden)."""
+    out: list[str] = []
+    for name, value in {**TINY_KWARGS, **extra}.items():
+        out += [flag(name), str(value)]
     return out
 
 
