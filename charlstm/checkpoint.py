@@ -2,9 +2,18 @@
 
 A checkpoint is a plain dict of tensors, numbers and strings saved with `torch.save`, loaded
 with ``torch.load(weights_only=True)`` so a file carrying a pickled callable is refused before
-anything in it runs. It holds everything `eval`, `sample` and an exact `--resume` need: format
-version, model config, vocabulary (tokenizer.json text), weights, optimizer and schedule state,
-step and data position, carried hidden state, RNG state, best validation loss.
+anything in it runs. It holds everything `eval`, `sample` and an exact `--resume` need:
+
+    format, format_version   "charlstm-checkpoint", 2
+    model_config, model      the architecture and its weights (all eval/sample need)
+    vocab                    tokenizer.json text
+    train_config             the run's TrainConfig as a dict
+    data                     name, folder, sha256 and split sizes of the training data
+    run                      the RunState: step, epoch, window position, carried hidden state,
+                             RNG states, optimizer, best/last val, loss sums, elapsed time
+
+Version 1 (charlstm 0.1) kept the run state's fields at the top level; `read_checkpoint`
+upgrades such a file in memory, so old runs still evaluate, sample and resume.
 """
 
 from __future__ import annotations
@@ -24,7 +33,22 @@ from charlstm.model import CharLSTM
 from charlstm.vocab import Vocab
 
 FORMAT = "charlstm-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# version 1 kept these run-state fields at the top level of the payload
+_V1_RUN_FIELDS = (
+    "step",
+    "epoch",
+    "epoch_step",
+    "elapsed_s",
+    "best_val",
+    "last_val",
+    "skipped_steps",
+    "loss_sum",
+    "loss_count",
+    "optimizer",
+    "rng",
+    "world_size",
+)
 
 
 def fsync_dir(folder: Path) -> None:
@@ -109,6 +133,20 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{FORMAT_VERSION}",
             "upgrade charlstm to read it",
         )
+    return upgrade(payload)
+
+
+def upgrade(payload: dict) -> dict:
+    """A payload of any readable format version, as the current version lays it out."""
+    if payload["format_version"] == 1:
+        run = {k: payload.pop(k) for k in _V1_RUN_FIELDS if k in payload}
+        if "state" in payload:
+            run["hidden"] = payload.pop("state")
+        for stale in ("chars_seen", "schedule"):
+            payload.pop(stale, None)
+        if "step" in run:  # a run's checkpoint, not weights only
+            payload["run"] = run
+        payload["format_version"] = 2
     return payload
 
 
@@ -126,21 +164,30 @@ class Checkpoint:
         return self.model.config
 
 
-def build_model(payload: dict) -> CharLSTM:
+def build_model(payload: dict, path: str | Path = "checkpoint") -> CharLSTM:
     try:
         config = ModelConfig.from_dict(payload["model_config"])
         model = CharLSTM(config)
         model.load_state_dict(payload["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
-        raise CharLSTMError(f"checkpoint is damaged: {str(e).splitlines()[0][:160]}") from None
+    except (KeyError, TypeError, ValueError, RuntimeError, CharLSTMError) as e:
+        detail = " ".join(str(e).split())[:200] or type(e).__name__
+        raise CharLSTMError(
+            f"{path} is damaged ({detail})", "use another checkpoint, e.g. the run's last.pt"
+        ) from None
+    bad = [n for n, t in model.state_dict().items() if not torch.isfinite(t).all()]
+    if bad:
+        raise CharLSTMError(
+            f"{path} has non-finite weights ({', '.join(bad[:3])}): the run it comes from diverged",
+            "use an earlier checkpoint (best.pt), or retrain with a lower --lr",
+        )
     return model
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Model (in eval mode, on `device`) and vocabulary from a checkpoint file."""
     payload = read_checkpoint(path)
-    model = build_model(payload).to(device).eval()
-    vocab = Vocab.from_json(payload["vocab"])
+    model = build_model(payload, path).to(device).eval()
+    vocab = _vocab(payload, path)
     return Checkpoint(model, vocab, payload, Path(path))
 
 
@@ -150,12 +197,18 @@ def describe(path: str | Path) -> dict:
     import math
 
     payload = read_checkpoint(path)
-    vocab = Vocab.from_json(payload["vocab"])
+    vocab = _vocab(payload, path)
+    run = payload.get("run") or {}
+    train_config = payload.get("train_config") or {}
     params = sum(t.numel() for k, t in payload["model"].items())
     if payload["model_config"].get("tie_weights"):
         params -= payload["model"]["head.weight"].numel()  # the same tensor as the embedding
     preview = vocab.chars[:80] if vocab.level == "char" else "(256 byte values)"
-    best = payload.get("best_val")
+    best = run.get("best_val")
+    step = run.get("step")
+    chars = None
+    if step is not None and train_config:
+        chars = step * train_config["batch_size"] * train_config["bptt"]
     return {
         "path": str(path),
         "format_version": payload["format_version"],
@@ -168,16 +221,26 @@ def describe(path: str | Path) -> dict:
             "lowercase": vocab.lowercase,
             "preview": preview,
         },
-        "steps": payload.get("step"),
-        "chars_seen": payload.get("chars_seen"),
-        "elapsed_s": payload.get("elapsed_s"),
+        "steps": step,
+        "chars_seen": chars,
+        "elapsed_s": run.get("elapsed_s"),
         "best_val": None
         if best is None
         else {"loss": best, "bpc": best / math.log(2), "perplexity": math.exp(min(best, 700))},
         "train": {
-            k: payload.get("train_config", {}).get(k)
+            k: train_config.get(k)
             for k in ("preset", "bptt", "batch_size", "lr", "dropout", "seed")
         },
         "data": payload.get("data"),
-        "world_size": payload.get("world_size", 1),
+        "world_size": run.get("world_size", 1),
     }
+
+
+def _vocab(payload: dict, path: str | Path) -> Vocab:
+    try:
+        return Vocab.from_json(payload["vocab"])
+    except (KeyError, TypeError, ValueError, CharLSTMError) as e:
+        raise CharLSTMError(
+            f"{path} is damaged (its vocabulary is unreadable: {type(e).__name__})",
+            "use another checkpoint, e.g. the run's last.pt",
+        ) from None

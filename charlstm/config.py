@@ -1,31 +1,131 @@
 """`ModelConfig` (the whole model description) and `TrainConfig` (one training run), presets,
-and their validation. Plain dataclasses: they go into checkpoints and `config.json` as dicts."""
+and their validation. Plain frozen dataclasses that validate themselves on construction (so
+every `dataclasses.replace` re-validates); they go into checkpoints and `config.json` as dicts.
+
+`TrainConfig` is also the one source of the `train` command's options: each field carries its
+flag, help text and whether it may change when a run is resumed (`option(...)` below), and the
+CLI builds its options from those fields. Adding a training option is adding one field.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
-from charlstm.errors import CharLSTMError
+from charlstm.errors import OptionError
 
-# TrainConfig field -> the CLI option that sets it (where the two names differ)
-FLAGS = {
-    "embed_size": "--embed",
-    "hidden_size": "--hidden",
-    "num_layers": "--layers",
-    "time_budget_min": "--time-budget",
-    "warmup_steps": "--warmup",
-}
+Check = Callable[[Any], str | None]  # a value -> what is wrong with it, or None
 
 
-def flag(field_name: str) -> str:
+def option(
+    default: Any,
+    help: str,
+    *,
+    flag: str | None = None,
+    check: Check | None = None,
+    resumable: bool = False,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+) -> Any:
+    """A config field that is also a command-line option.
+
+    `resumable` options may differ when a run is continued with `--resume` (how long, how
+    often, where); every other one must match the checkpoint's value.
+    """
+    meta = dict(
+        help=help, flag=flag, check=check, resumable=resumable, choices=choices, metavar=metavar
+    )
+    return field(default=default, metadata=meta)
+
+
+def flag(field_name: str, cls: type | None = None) -> str:
     """The command-line spelling of a config field, for error messages."""
-    return FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+    for c in (cls,) if cls else (TrainConfig, ModelConfig):
+        for f in fields(c):
+            if f.name == field_name and f.metadata.get("flag"):
+                return f.metadata["flag"]
+    return "--" + field_name.replace("_", "-")
 
 
-class _PlainData:
-    """to/from plain dicts, for checkpoints and config.json; unknown keys are ignored so a
-    newer file still loads."""
+# -- value checks: each returns the complaint (without the flag) or None -----------------------
+def whole(minimum: int) -> Check:
+    def check(v):
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            return f"must be a whole number >= {minimum}, got {v!r}"
+        return None
+
+    return check
+
+
+def number(
+    lo: float, hi: float = math.inf, *, lo_open: bool = False, hi_open: bool = True
+) -> Check:
+    def check(v):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        ok = ok and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        if ok:
+            return None
+        left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+        hi_text = "inf" if hi == math.inf else f"{hi:g}"
+        return f"must be in {left}{lo:g}, {hi_text}{right}, got {v!r}"
+
+    return check
+
+
+def optional(check: Check) -> Check:
+    return lambda v: None if v is None else check(v)
+
+
+def cadence(unit_hint: str) -> Check:
+    def check(v):
+        try:
+            parse_cadence(v, allow_auto=unit_hint == "auto")
+        except ValueError:
+            return (
+                f"{v!r} is not a step count or minutes (use e.g. 500 for steps or 5m for "
+                "minutes" + (", or auto)" if unit_hint == "auto" else ")")
+            )
+        return None
+
+    return check
+
+
+def parse_cadence(text: Any, allow_auto: bool = False) -> tuple[int | None, float | None]:
+    """ "500" -> every 500 steps; "5m" -> every 5 minutes; "auto" -> (None, None)."""
+    s = str(text).strip().lower()
+    if allow_auto and s == "auto":
+        return None, None
+    if s.endswith("m"):
+        minutes = float(s[:-1])
+        if minutes > 0 and math.isfinite(minutes):
+            return None, minutes
+    elif s.isdigit() and int(s) > 0:
+        return int(s), None
+    raise ValueError(s)
+
+
+class _Config:
+    """Self-validating frozen dataclass <-> plain dict (unknown keys ignored, so a newer file
+    still loads)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check = f.metadata.get("check")
+            problem = check(getattr(self, f.name)) if check else None
+            if problem:
+                raise OptionError(f"{flag(f.name, type(self))} {problem}")
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise OptionError(
+                    f"unknown {flag(f.name, type(self))} {getattr(self, f.name)!r}",
+                    f"use one of {', '.join(choices)}",
+                )
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks that involve several fields."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -37,35 +137,30 @@ class _PlainData:
 
 
 @dataclass(frozen=True)
-class ModelConfig(_PlainData):
+class ModelConfig(_Config):
     """Embedding -> dropout -> num_layers x LSTM(hidden_size) -> dropout -> Linear(vocab)."""
 
-    vocab_size: int
-    embed_size: int = 128
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.0
-    tie_weights: bool = False
+    vocab_size: int = option(0, "Vocabulary size.", check=whole(1))
+    embed_size: int = option(128, "Embedding size.", flag="--embed", check=whole(1))
+    hidden_size: int = option(512, "LSTM hidden size.", flag="--hidden", check=whole(1))
+    num_layers: int = option(2, "LSTM layers.", flag="--layers", check=whole(1))
+    dropout: float = option(0.1, "Dropout probability in [0, 1).", check=number(0, 1))
+    tie_weights: bool = option(
+        False, "Share embedding and output weights (needs --embed = --hidden)."
+    )
 
-    def validate(self) -> ModelConfig:
-        for name in ("vocab_size", "embed_size", "hidden_size", "num_layers"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise CharLSTMError(f"{flag(name)} must be a positive whole number, got {value}")
-        if not (0.0 <= self.dropout < 1.0):
-            raise CharLSTMError(f"--dropout must be in [0, 1), got {self.dropout}")
+    def validate(self) -> None:
         if self.tie_weights and self.embed_size != self.hidden_size:
-            raise CharLSTMError(
+            raise OptionError(
                 f"--tie-weights needs --embed equal to --hidden (got {self.embed_size} and "
                 f"{self.hidden_size})",
                 f"pass --embed {self.hidden_size}, or drop --tie-weights",
             )
-        return self
 
 
 # Presets: model size and the optimisation settings that go with it. The default on a CPU is
 # "small" (a useful model on 2 cores in minutes); "medium" and "large" are for GPUs. See
-# bench/RESULTS.md for how these were chosen.
+# bench/RESULTS.md for how these were chosen. TrainConfig's own defaults are "small".
 PRESETS: dict[str, dict] = {
     "tiny": dict(
         embed_size=32, hidden_size=128, num_layers=1, dropout=0.0, bptt=64, batch_size=16, lr=3e-3
@@ -94,134 +189,166 @@ PRESETS: dict[str, dict] = {
 }
 CPU_DEFAULT_PRESET = "small"
 GPU_DEFAULT_PRESET = "medium"
+PRECISIONS = ("auto", "fp32", "bf16")
+MAX_SEED = 2**63 - 1
+
+
+def _seed_check(v: Any) -> str | None:
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
+        return f"must be a whole number from 0 to 2^63-1, got {v!r}"
+    return None
+
+
+def _device_check(v: Any) -> str | None:
+    if isinstance(v, str) and (v in ("auto", "cpu", "cuda", "mps") or _is_cuda_index(v)):
+        return None
+    return f"{v!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
+
+
+def _is_cuda_index(v: str) -> bool:
+    return v.startswith("cuda:") and v[5:].isdigit()
 
 
 @dataclass(frozen=True)
-class TrainConfig(_PlainData):
+class TrainConfig(_Config):
     """Everything that defines a training run besides the data. Unset length means 1 epoch."""
 
-    preset: str = CPU_DEFAULT_PRESET
-    embed_size: int = 128
-    hidden_size: int = 512
-    num_layers: int = 2
-    dropout: float = 0.2
-    tie_weights: bool = False
-    bptt: int = 128
-    batch_size: int = 32
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
-    weight_decay: float = 0.01
-    clip: float = 1.0
-    steps: int | None = None
-    epochs: float | None = None
-    time_budget_min: float | None = None
-    eval_every: int = 500
-    eval_batch_size: int = 64
-    log_every: int = 10
-    save_every: str = "10m"  # "N" steps or "Nm" minutes; bounds what a crash can cost
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
-    compile: bool = False
-    max_bad_steps: int = 20  # consecutive non-finite steps before giving up
-    extra: dict = field(default_factory=dict)
+    preset: str = option(
+        CPU_DEFAULT_PRESET,
+        "Model/optimizer preset; default small on CPU, medium on CUDA.",
+        choices=tuple(PRESETS),
+    )
+    # the model
+    num_layers: int = option(2, "LSTM layers.", flag="--layers", check=whole(1))
+    hidden_size: int = option(512, "LSTM hidden size.", flag="--hidden", check=whole(1))
+    embed_size: int = option(128, "Embedding size.", flag="--embed", check=whole(1))
+    dropout: float = option(0.1, "Dropout probability in [0, 1).", check=number(0, 1))
+    tie_weights: bool = option(
+        False, "Share embedding and output weights (needs --embed = --hidden)."
+    )
+    # batches and optimisation
+    bptt: int = option(128, "Truncated-BPTT window (characters).", check=whole(1))
+    batch_size: int = option(32, "Parallel streams (global, over all processes).", check=whole(1))
+    lr: float = option(3e-3, "Peak learning rate (AdamW).", check=number(0, lo_open=True))
+    min_lr_ratio: float = option(
+        0.1, "Cosine decays to lr x this at the end.", check=number(0, 1, hi_open=False)
+    )
+    warmup_steps: int = option(50, "Linear warm-up steps.", flag="--warmup", check=whole(0))
+    weight_decay: float = option(0.01, "AdamW weight decay.", check=number(0))
+    clip: float = option(1.0, "Gradient-norm clip (0: off).", check=number(0))
+    seed: int = option(1337, "Random seed (0 to 2^63-1).", check=_seed_check)
+    # how long (may change on resume)
+    steps: int | None = option(
+        None, "Train for this many steps (in all).", check=optional(whole(1)), resumable=True
+    )
+    epochs: float | None = option(
+        None,
+        "Train for this many epochs (in all).",
+        check=optional(number(0, lo_open=True)),
+        resumable=True,
+    )
+    time_budget_min: float | None = option(
+        None,
+        "Train for this many minutes (wall clock); on --resume, this many minutes more.",
+        flag="--time-budget",
+        check=optional(number(0, lo_open=True)),
+        resumable=True,
+        metavar="MINUTES",
+    )
+    # how often (may change on resume)
+    eval_every: str = option(
+        "auto",
+        "Validate on the whole val split every N steps or Nm minutes; auto: every 500 steps, "
+        "and 5 times in a --time-budget run.",
+        check=cadence("auto"),
+        resumable=True,
+        metavar="N|Nm|auto",
+    )
+    save_every: str = option(
+        "10m",
+        "Also save last.pt every N steps, or every Nm minutes (e.g. 5m).",
+        check=cadence("steps"),
+        resumable=True,
+        metavar="N|Nm",
+    )
+    log_every: int = option(10, "Log a metrics line every N steps.", check=whole(1), resumable=True)
+    eval_batch_size: int = option(
+        64, "Streams used for validation during training.", check=whole(1)
+    )
+    # where and how (device and compile may change on resume)
+    device: str = option(
+        "auto",
+        "Where to run: auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps.",
+        check=_device_check,
+        resumable=True,
+    )
+    precision: str = option(
+        "auto", "auto: bf16 autocast on CUDA, fp32 elsewhere.", choices=PRECISIONS
+    )
+    compile: bool = option(False, "Use torch.compile.", resumable=True)
+    max_bad_steps: int = option(
+        20, "Non-finite steps in a row before training stops.", check=whole(1), resumable=True
+    )
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size=vocab_size,
-            embed_size=self.embed_size,
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            dropout=self.dropout,
-            tie_weights=self.tie_weights,
-        ).validate()
-
-    def save_every_parsed(self) -> tuple[int | None, float | None]:
-        """(every N steps, every M minutes): exactly one is set."""
-        text = str(self.save_every).strip().lower()
-        try:
-            if text.endswith("m"):
-                minutes = float(text[:-1])
-                if minutes > 0 and math.isfinite(minutes):
-                    return None, minutes
-            else:
-                steps = int(text)
-                if steps > 0:
-                    return steps, None
-        except ValueError:
-            pass
-        raise CharLSTMError(
-            f"--save-every {self.save_every!r} is not a step count or minutes",
-            "use e.g. --save-every 500 (steps) or --save-every 5m (minutes)",
-        )
-
-    def validate(self) -> TrainConfig:
+    def validate(self) -> None:
         self.model_config(1)
-        positive_ints = {
-            "bptt": "--bptt",
-            "batch_size": "--batch-size",
-            "eval_every": "--eval-every",
-            "eval_batch_size": "--eval-batch-size",
-            "log_every": "--log-every",
-        }
-        for name, flag in positive_ints.items():
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise CharLSTMError(f"{flag} must be a whole number >= 1, got {value}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise CharLSTMError(f"--lr must be a positive number, got {self.lr}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise CharLSTMError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if not (self.clip >= 0 and math.isfinite(self.clip)):
-            raise CharLSTMError(f"--clip must be >= 0 (0 disables clipping), got {self.clip}")
-        if not (0 <= self.min_lr_ratio <= 1):
-            raise CharLSTMError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0:
-            raise CharLSTMError(f"--warmup must be >= 0, got {self.warmup_steps}")
         lengths = [x for x in (self.steps, self.epochs, self.time_budget_min) if x is not None]
         if len(lengths) > 1:
-            raise CharLSTMError(
+            raise OptionError(
                 "give at most one of --steps, --epochs and --time-budget",
                 "they all say how long to train",
             )
-        if self.steps is not None and self.steps < 1:
-            raise CharLSTMError(f"--steps must be >= 1, got {self.steps}")
-        if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise CharLSTMError(f"--epochs must be > 0, got {self.epochs}")
-        if self.time_budget_min is not None and not (
-            self.time_budget_min > 0 and math.isfinite(self.time_budget_min)
-        ):
-            raise CharLSTMError(f"--time-budget must be > 0 minutes, got {self.time_budget_min}")
-        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(
-            "cuda:"
-        ):
-            raise CharLSTMError(f"unknown --device {self.device!r}", "use auto, cpu, cuda or mps")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise CharLSTMError(f"unknown --precision {self.precision!r}", "use auto, fp32 or bf16")
-        self.save_every_parsed()
-        return self
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        names = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
+        return ModelConfig(vocab_size=vocab_size, **{n: getattr(self, n) for n in names})
+
+    def save_every_parsed(self) -> tuple[int | None, float | None]:
+        """(every N steps, every M minutes): exactly one is set."""
+        return parse_cadence(self.save_every)
+
+    def eval_every_parsed(self, total_steps: int | None) -> tuple[int | None, float | None]:
+        """(every N steps, every M minutes) for validation; "auto" resolves to every 500 steps
+        (or a fifth of a shorter run), and in a time-budgeted run every fifth of the budget."""
+        steps, minutes = parse_cadence(self.eval_every, allow_auto=True)
+        if steps is None and minutes is None:
+            if self.time_budget_min is not None:
+                return 500, self.time_budget_min / 5
+            return (min(500, max(1, math.ceil(total_steps / 5))) if total_steps else 500), None
+        return steps, minutes
+
+    @classmethod
+    def options(cls) -> list:
+        """The fields that are command-line options, in declaration order."""
+        return [f for f in fields(cls) if "help" in f.metadata]
+
+    @classmethod
+    def resumable(cls) -> set[str]:
+        return {f.name for f in fields(cls) if f.metadata.get("resumable")}
 
 
-def resolve_config(preset: str | None = None, device: str = "auto", **overrides) -> TrainConfig:
+def resolve_config(
+    preset: str | None = None, device: str | None = "auto", **overrides
+) -> TrainConfig:
     """A TrainConfig from a preset (None = the default for the device) plus explicit overrides.
 
     Overrides set to None are ignored, so CLI options that were not given keep the preset's
     value.
     """
+    device = device or "auto"
     if preset is None:
-        preset = GPU_DEFAULT_PRESET if _cuda_requested(device) else CPU_DEFAULT_PRESET
+        preset = GPU_DEFAULT_PRESET if cuda_requested(device) else CPU_DEFAULT_PRESET
     if preset not in PRESETS:
-        raise CharLSTMError(f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
+        raise OptionError(f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(overrides) - known
     if unknown:
         raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
-    return replace(TrainConfig(), preset=preset, device=device, **values).validate()
+    return TrainConfig(preset=preset, device=device, **values)
 
 
-def _cuda_requested(device: str) -> bool:
+def cuda_requested(device: str) -> bool:
     if device.startswith("cuda"):
         return True
     if device != "auto":

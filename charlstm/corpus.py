@@ -68,6 +68,7 @@ def open_source(corpus: str | Path | None) -> Source:
                     for p in path.rglob("*")
                     if p.is_file()
                     and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                    and not _in_tokenized_folder(p, path)
                 ),
                 key=lambda p: p.relative_to(path).as_posix(),
             )
@@ -86,6 +87,27 @@ def open_source(corpus: str | Path | None) -> Source:
     if src.size_bytes == 0:
         raise CharLSTMError(f"corpus {path} is empty", "give it some text")
     return src
+
+
+def _in_tokenized_folder(file: Path, root: Path) -> bool:
+    """Whether `file` lies in a `charlstm tokenize` output inside the corpus folder `root`
+    (its ids are not text: never read them back as corpus)."""
+    import json
+
+    for folder in file.parents:
+        if folder == root:
+            return False
+        meta = folder / "meta.json"
+        if meta.is_file():
+            try:
+                if (
+                    json.loads(meta.read_text(encoding="utf-8")).get("format")
+                    == "charlstm-tokenized"
+                ):
+                    return True
+            except (OSError, ValueError, AttributeError):
+                pass
+    return False
 
 
 def _utf8_safe_cut(data: bytes) -> int:
@@ -147,11 +169,31 @@ def read_pieces(
                 carry = data[cut:]
 
 
+def wide_encoding(data: bytes) -> str | None:
+    """ "UTF-16"/"UTF-32" when `data` (a file's first bytes) is text in a wide encoding: a
+    byte-order mark, or the NUL byte beside every ASCII character that such text has."""
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    head = data[:4096]
+    if len(head) >= 16 and head.count(0) > len(head) // 3:
+        return "UTF-16"
+    return None
+
+
 def decode_piece(piece: Piece, hint: str = "use --level byte to model raw bytes") -> str:
     """UTF-8 text of a piece, or a CharLSTMError naming the file and byte offset."""
     try:
         return piece.data.decode("utf-8")
     except UnicodeDecodeError as e:
+        wide = wide_encoding(piece.data) if piece.offset == 0 else None
+        if wide:
+            raise CharLSTMError(
+                f"{piece.file} is {wide} text, not UTF-8",
+                f"convert it first: iconv -f {wide} -t UTF-8 '{piece.file}' > "
+                f"'{piece.file.with_suffix('.utf8.txt')}'",
+            ) from None
         where = piece.offset + e.start
         raise CharLSTMError(
             f"{piece.file} is not valid UTF-8 (byte 0x{piece.data[e.start]:02x} at byte "

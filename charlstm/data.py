@@ -95,6 +95,18 @@ def cache_root() -> Path:
     return Path(base) / "charlstm"
 
 
+def data_name(data: str | Path | None) -> str:
+    """The name `resolve_dataset(data)` gives its dataset, found without reading any text."""
+    if data is None:
+        return BUNDLED_NAME
+    path = Path(data).expanduser()
+    if path.is_dir() and (path / "meta.json").exists():
+        return path.name
+    if path.resolve() == bundled_corpus().resolve():
+        return BUNDLED_NAME
+    return path.stem if path.is_file() else path.name
+
+
 def resolve_dataset(data: str | Path | None) -> Dataset:
     """A tokenized folder as is; a raw text file/folder (or None: the bundled corpus) tokenized
     with the defaults into the cache, keyed by the source's sha256 so edits are picked up."""
@@ -136,6 +148,35 @@ def get_batch(ids: np.ndarray, starts: np.ndarray, pos: int, bptt: int) -> np.nd
     """
     index = starts[None, :] + (pos + np.arange(bptt + 1, dtype=np.int64))[:, None]
     return np.asarray(ids[index], dtype=np.int64)
+
+
+class TrainStreams:
+    """The train split as `batch_size` contiguous streams, read a window of `bptt` characters
+    at a time. Each epoch moves the window boundaries by a random offset in [0, bptt) derived
+    from (seed, epoch), so a resumed run sees the same windows as an uninterrupted one."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, bptt: int, seed: int) -> None:
+        self.ids, self.batch_size, self.bptt, self.seed = ids, batch_size, bptt, seed
+        self.per_epoch = steps_per_epoch(len(ids), batch_size, bptt)
+        self._starts: tuple[int, np.ndarray] | None = None
+        if self.per_epoch < 1:
+            raise CharLSTMError(
+                f"the train split ({len(ids):,} characters) is too short for --batch-size "
+                f"{batch_size} x --bptt {bptt}",
+                "lower --batch-size or --bptt, or use more text",
+            )
+
+    def starts(self, epoch: int) -> np.ndarray:
+        """Where every stream begins in this epoch."""
+        if self._starts is None or self._starts[0] != epoch:
+            offset = epoch_offset(self.seed, epoch, self.bptt)
+            self._starts = (epoch, stream_offsets(len(self.ids), self.batch_size, offset)[0])
+        return self._starts[1]
+
+    def window(self, epoch: int, epoch_step: int, lo: int, hi: int) -> np.ndarray:
+        """Streams lo..hi-1 (one rank's share) at window `epoch_step`: (bptt + 1, hi - lo)."""
+        starts = self.starts(epoch)[lo:hi]
+        return get_batch(self.ids, starts, epoch_step * self.bptt, self.bptt)
 
 
 def epoch_offset(seed: int, epoch: int, bptt: int) -> int:

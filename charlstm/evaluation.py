@@ -19,12 +19,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, OptionError
 
 EVAL_BPTT = 256  # no backward pass, so long windows only save Python overhead
 # ... but a window's logits are T x B x vocab floats (twice, with the log-softmax): cap them so
 # a big vocabulary with many streams cannot blow up memory (2**23 floats = 32 MB)
 EVAL_MAX_LOGITS = 1 << 23
+# each stream starts from a zero state, so a stream must be long enough for that warm-up to be
+# a small part of it: with B streams over n characters, B is capped at n / MIN_STREAM_CHARS
+MIN_STREAM_CHARS = 1000
+
+
+def stream_count(n_chars: int, batch_size: int) -> int:
+    """How many contiguous streams to score `n_chars` characters with, asked for `batch_size`:
+    never so many that a stream is shorter than MIN_STREAM_CHARS (but at least one)."""
+    return max(1, min(batch_size, (n_chars - 1) // MIN_STREAM_CHARS))
 
 
 @dataclass(frozen=True)
@@ -39,13 +48,21 @@ class EvalResult:
     skipped: int = 0  # unknown characters dropped with unknown="skip"
     split: str | None = None
     source: str | None = None
+    streams: int = 1  # contiguous streams scored side by side
+    streams_asked: int = 1  # the batch size asked for (more than `streams` when capped)
 
     @property
     def chars_per_s(self) -> float:
         return self.chars / max(self.seconds, 1e-9)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Plain JSON-ready data: a non-finite number (a diverged model) becomes None (null),
+        since JSON has no NaN or Infinity."""
+        out = asdict(self)
+        out["chars_per_s"] = self.chars_per_s
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()
+        }
 
 
 def metrics_from_nats(total_nats: float, count: int) -> tuple[float, float, float]:
@@ -89,7 +106,7 @@ def stream_nats(
     was_training = model.training
     model.eval()
     state = model.init_state(len(starts), device=device, dtype=torch.float32)
-    total = torch.zeros((), dtype=torch.float64, device=device)
+    total = 0.0  # float64 on the host: not every device has float64 (Apple's MPS has not)
     for pos in range(0, int(lengths.max()), bptt):
         steps = min(bptt, int(lengths.max()) - pos)
         offs = pos + np.arange(steps + 1, dtype=np.int64)[:, None]  # (T+1, 1)
@@ -103,9 +120,9 @@ def stream_nats(
             window[1:].reshape(-1),
             reduction="none",
         )
-        total += (nats * valid.reshape(-1)).sum(dtype=torch.float64)
+        total += float((nats * valid.reshape(-1)).cpu().sum(dtype=torch.float64))
     model.train(was_training)
-    return float(total), int(lengths.sum())
+    return total, int(lengths.sum())
 
 
 def evaluate(
@@ -124,12 +141,12 @@ def evaluate(
     from charlstm.checkpoint import Checkpoint, load_checkpoint
     from charlstm.runtime import autocast_dtype, resolve_device
 
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise CharLSTMError(f"--batch-size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
     if unknown not in ("error", "skip"):
-        raise CharLSTMError(f"unknown --unknown {unknown!r}", "use error or skip")
+        raise OptionError(f"unknown --unknown {unknown!r}", "use error or skip")
     if text is not None and (data is not None or split is not None):
-        raise CharLSTMError("--text scores a file; it does not combine with --data or --split")
+        raise OptionError("--text scores a file; it does not combine with --data or --split")
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     ckpt.model.to(dev)
@@ -141,11 +158,12 @@ def evaluate(
         ids, source, split_name = _split_ids(ckpt, data, split)
     if len(ids) < 2:
         raise CharLSTMError(f"{source} has fewer than 2 characters to score", "give it more text")
+    streams = stream_count(len(ids), batch_size)
     start = time.perf_counter()
     nats, count = stream_nats(
         ckpt.model,
         ids,
-        batch_size,
+        streams,
         dev,
         autocast_dtype(dev, "auto") if dev.type == "cuda" else None,
     )
@@ -153,7 +171,9 @@ def evaluate(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     loss, bpc, ppl = metrics_from_nats(nats, count)
-    return EvalResult(loss, bpc, ppl, count, seconds, skipped, split_name, source)
+    return EvalResult(
+        loss, bpc, ppl, count, seconds, skipped, split_name, source, streams, batch_size
+    )
 
 
 def _encode_text_file(path: Path, vocab, unknown: str) -> tuple[np.ndarray, int]:

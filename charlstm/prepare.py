@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from charlstm.corpus import Source, decode_piece, open_source, read_pieces
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, OptionError
 from charlstm.vocab import LEVELS, MAX_CODEPOINT, Vocab, codepoints, make_normalizer
 
 FORMAT = "charlstm-tokenized"
@@ -53,9 +53,9 @@ def check_fractions(val_frac: float, test_frac: float) -> None:
     """Reject split fractions outside [0, 1) or that leave no room for training."""
     for name, frac in (("--val-frac", val_frac), ("--test-frac", test_frac)):
         if not (0.0 <= frac < 1.0):
-            raise CharLSTMError(f"{name} {frac} is outside [0, 1)", f"pass {name} 0.1, say")
+            raise OptionError(f"{name} {frac} is outside [0, 1)", f"pass {name} 0.1, say")
     if val_frac + test_frac >= 1.0:
-        raise CharLSTMError(
+        raise OptionError(
             f"--val-frac {val_frac} + --test-frac {test_frac} = {val_frac + test_frac:g} leaves "
             "nothing to train on",
             "make their sum less than 1",
@@ -172,6 +172,44 @@ def _write_splits(folder: Path, ids_stream, dtype: np.dtype, bounds: list[int]) 
             os.fsync(f.fileno())
 
 
+def is_tokenized(folder: Path) -> bool:
+    """Whether `folder` holds the output of `charlstm tokenize` (its meta.json says so)."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def check_out_dir(src: Source, out: Path, force: bool) -> None:
+    """Never lose a byte: the output may not be, contain or lie inside the corpus, and
+    `force` replaces only a folder that holds an earlier tokenize output."""
+    out_abs, src_abs = out.resolve(), src.path.resolve()
+    if out_abs == src_abs or src_abs.is_relative_to(out_abs):
+        raise CharLSTMError(
+            f"output {out} would contain the corpus {src.path}",
+            "choose an --out outside the corpus, e.g. data/<name>",
+        )
+    if src_abs.is_dir() and out_abs.is_relative_to(src_abs):
+        raise CharLSTMError(
+            f"output {out} lies inside the corpus folder {src.path} (it would be read as text "
+            "next time)",
+            "choose an --out outside the corpus folder",
+        )
+    if out.exists() and not out.is_dir():
+        raise CharLSTMError(f"output {out} exists and is not a folder", "choose another --out")
+    if out.exists() and not force:
+        raise CharLSTMError(
+            f"output folder {out} already exists", "pass --force to replace it, or another --out"
+        )
+    if out.exists() and any(out.iterdir()) and not is_tokenized(out):
+        raise CharLSTMError(
+            f"--force replaces only an earlier tokenize output, and {out} is not one (it has "
+            "no charlstm meta.json)",
+            "choose another --out; nothing was changed",
+        )
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     """Move a finished folder into place; an old one is removed only once the new one is in."""
     if out.exists():
@@ -190,27 +228,30 @@ def tokenize(
     level: str = "char",
     normalize: str = "none",
     lowercase: bool = False,
-    val_frac: float = 0.1,
-    test_frac: float = 0.0,
+    val_frac: float | None = None,
+    test_frac: float | None = None,
     force: bool = False,
 ) -> TokenizeResult:
     """Tokenize a corpus (None = the bundled one) into a folder `charlstm train` reads.
 
     Writes ``train.npy``, ``val.npy``, ``test.npy`` (memory-mappable, smallest unsigned dtype),
-    ``tokenizer.json`` and ``meta.json``. The folder appears whole or not at all.
+    ``tokenizer.json`` and ``meta.json``. The folder appears whole or not at all. Split
+    fractions default to the standard split recorded by `charlstm corpus get` for a catalog
+    corpus, else 0.1 val and no test.
     """
+    from charlstm.catalog import recorded_split
+
     if level not in LEVELS:
-        raise CharLSTMError(f"unknown level {level!r}", "use --level char or --level byte")
+        raise OptionError(f"unknown level {level!r}", "use --level char or --level byte")
+    standard = recorded_split(corpus) or (0.1, 0.0)
+    val_frac = standard[0] if val_frac is None else val_frac
+    test_frac = standard[1] if test_frac is None else test_frac
     check_fractions(val_frac, test_frac)
     normalizer = make_normalizer(normalize, lowercase)
     src = open_source(corpus)
     out = Path(out) if out is not None else default_out_dir(src, level, normalize, lowercase)
-    if out.exists() and not out.is_dir():
-        raise CharLSTMError(f"output {out} exists and is not a folder", "choose another --out")
-    if out.exists() and not force:
-        raise CharLSTMError(
-            f"output folder {out} already exists", "pass --force to replace it, or another --out"
-        )
+    check_out_dir(src, out, force)
+    out = out.resolve()  # `--out .` has no name to put a temporary folder beside
 
     start = time.perf_counter()
     vocab, n, sha = _survey(src, level, normalizer)

@@ -45,27 +45,43 @@ class Curves:
 
 
 def read_curves(run_dir: str | Path) -> Curves:
-    """Curves from RUN_DIR/metrics.jsonl (a torn last line is skipped)."""
+    """Curves from RUN_DIR/metrics.jsonl. Lines that are torn (a crash mid-write), not JSON,
+    not valid UTF-8 or have fields of the wrong type are skipped: a damaged log still draws."""
     run_dir = Path(run_dir)
-    path = run_dir / "metrics.jsonl" if run_dir.is_dir() else run_dir
+    if run_dir.is_file():
+        hint = f"pass the run folder, e.g. {run_dir.parent}"
+        if run_dir.name != "metrics.jsonl":
+            raise CharLSTMError(f"{run_dir} is a file, not a run folder", hint)
+        path = run_dir
+    else:
+        path = run_dir / "metrics.jsonl"
     if not path.exists():
         raise CharLSTMError(f"no metrics.jsonl in {run_dir}", "pass a run folder of charlstm train")
     curves = Curves()
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise CharLSTMError(f"cannot read {path}: {e.strerror}") from None
+    for line in lines:
         try:
-            r = json.loads(line)
-        except ValueError:
+            _add_record(curves, json.loads(line))
+        except (ValueError, TypeError, KeyError, AttributeError):
             continue
-        curves.steps = max(curves.steps, r.get("step", 0))
-        curves.elapsed_s = max(curves.elapsed_s, r.get("elapsed_s", 0.0))
-        if r.get("kind") == "train" and r.get("train_loss") is not None:
-            curves.train.append((r["chars"], r["train_loss"]))
-            curves.chars_per_s = r.get("chars_per_s", curves.chars_per_s)
-        elif r.get("kind") == "eval" and r.get("val_loss") is not None:
-            curves.val.append((r["chars"], r["val_loss"]))
     if not curves.train and not curves.val:
         raise CharLSTMError(f"{path} has no training records yet")
     return curves
+
+
+def _add_record(curves: Curves, r: dict) -> None:
+    step, elapsed = int(r.get("step", 0)), float(r.get("elapsed_s", 0.0))
+    if r.get("kind") == "train" and r.get("train_loss") is not None:
+        point = (int(r["chars"]), float(r["train_loss"]))
+        curves.train.append(point)
+        curves.chars_per_s = float(r.get("chars_per_s", curves.chars_per_s))
+    elif r.get("kind") == "eval" and r.get("val_loss") is not None:
+        curves.val.append((int(r["chars"]), float(r["val_loss"])))
+    curves.steps = max(curves.steps, step)
+    curves.elapsed_s = max(curves.elapsed_s, elapsed)
 
 
 def text_chart(curves: Curves, width: int = 64, height: int = 16) -> list[str]:
@@ -112,16 +128,18 @@ def text_chart(curves: Curves, width: int = 64, height: int = 16) -> list[str]:
 def write_png(curves: Curves, path: str | Path, title: str = "") -> Path:
     """Plot train and val loss vs characters seen (best point marked) to a PNG."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        # a Figure with its own Agg canvas: no pyplot, so the caller's matplotlib backend and
+        # open figures are left alone
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         raise CharLSTMError(
             "writing a PNG needs matplotlib, which is not installed",
             "pip install 'charlstm[plot]' (or pip install matplotlib)",
         ) from None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
+    fig = Figure(figsize=(7, 4), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     if curves.train:
         ax.plot(*zip(*curves.train, strict=False), lw=1, alpha=0.7, label="train loss")
     if curves.val:
@@ -143,8 +161,10 @@ def write_png(curves: Curves, path: str | Path, title: str = "") -> Path:
     ax.legend()
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
+    try:
+        fig.savefig(path)
+    except OSError as e:
+        raise CharLSTMError(f"cannot write {path}: {e.strerror}") from None
     return path
 
 

@@ -6,11 +6,16 @@ import contextlib
 
 import torch
 
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, OptionError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit choice must exist."""
+    """`auto` picks CUDA, then Apple's MPS, then the CPU; an explicit choice (cpu, cuda,
+    cuda:N, mps) must exist on this machine."""
+    if not isinstance(name, str) or not (
+        name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())
+    ):
+        raise OptionError(f"unknown device {name!r}", "use auto, cpu, cuda, cuda:N or mps")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -27,10 +32,13 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise CharLSTMError(
             "--device mps was asked for but MPS is not available", "use --device cpu or auto"
         )
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise CharLSTMError(f"unknown device {name!r}", "use auto, cpu, cuda or mps") from None
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise CharLSTMError(
+            f"--device {name} was asked for but this machine has "
+            f"{torch.cuda.device_count()} CUDA GPU(s)",
+            "use cuda:0 .. cuda:N-1, or cuda",
+        )
+    return torch.device(name)
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, OptionError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -31,17 +31,17 @@ def check_options(
 ) -> None:
     """Reject option values that have no meaning, with the fix in the message."""
     if not isinstance(length, int) or length < 0:
-        raise CharLSTMError(f"--length must be >= 0, got {length}")
+        raise OptionError(f"--length must be >= 0, got {length}")
     if not (
         isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0
     ):
-        raise CharLSTMError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
+        raise OptionError(f"--temperature must be >= 0 (0 is greedy), got {temperature}")
     if not isinstance(top_k, int) or top_k < 0:
-        raise CharLSTMError(f"--top-k must be >= 0 (0 disables it), got {top_k}")
+        raise OptionError(f"--top-k must be >= 0 (0 disables it), got {top_k}")
     if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-        raise CharLSTMError(f"--top-p must be in (0, 1] (1 disables it), got {top_p}")
+        raise OptionError(f"--top-p must be in (0, 1] (1 disables it), got {top_p}")
     if not isinstance(num_samples, int) or num_samples < 1:
-        raise CharLSTMError(f"--num-samples must be >= 1, got {num_samples}")
+        raise OptionError(f"--num-samples must be >= 1, got {num_samples}")
 
 
 class FastLSTMStep:
@@ -163,7 +163,7 @@ def generate(
 
     check_options(length, temperature, top_k, top_p, num_samples)
     if dtype not in DTYPES:
-        raise CharLSTMError(f"unknown --dtype {dtype!r}", "use fp32 or bf16")
+        raise OptionError(f"unknown --dtype {dtype!r}", "use fp32 or bf16")
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     model, vocab = ckpt.model.to(dev).eval(), ckpt.vocab
@@ -213,3 +213,47 @@ def read_prime_file(path: str | Path) -> str:
         raise CharLSTMError(f"{path} is not valid UTF-8 (byte offset {e.start})") from None
     except OSError as e:
         raise CharLSTMError(f"cannot read prime file {path}: {e.strerror}") from None
+
+
+def check_output(path: str | Path, force: bool = False) -> Path:
+    """Refuse an output file that would lose something (an existing file without `force`, a
+    folder) or cannot be written (a missing folder), before any time is spent generating."""
+    path = Path(path)
+    if path.is_dir():
+        raise CharLSTMError(f"--output {path} is a folder", "pass a file path")
+    if path.exists() and not force:
+        raise CharLSTMError(
+            f"--output {path} already exists", "pass --force to replace it, or another path"
+        )
+    if not path.parent.is_dir():
+        raise CharLSTMError(
+            f"cannot write {path}: the folder {path.parent} does not exist", "create it first"
+        )
+    return path
+
+
+def save_samples(texts: list[str], path: str | Path, *, as_json: bool = False,
+                 force: bool = False) -> Path:  # fmt: skip
+    """Write samples to `path` atomically: a JSON list, or the texts separated by a blank line
+    (each followed by a newline, as `charlstm sample` prints them)."""
+    import json
+
+    path = check_output(path, force)
+    content = json.dumps(texts, ensure_ascii=False) + "\n" if as_json else format_samples(texts)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CharLSTMError(f"cannot write {path}: {e.strerror}") from None
+    return path
+
+
+def format_samples(texts: list[str]) -> str:
+    """Samples as `charlstm sample` prints them: separated by a blank line, a final newline.
+    (Samples may contain blank lines themselves: use `--json` to split them reliably.)"""
+    return "\n\n".join(texts) + "\n"

@@ -23,9 +23,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-console = Console(stderr=True, highlight=False)
+# NO_COLOR (https://no-color.org) turns every escape code off: Rich alone would drop colours
+# but keep bold and italic
+_plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
+console = Console(stderr=True, highlight=False, **_plain)
 # errors and warnings always get through, even when `--quiet` silences everything else
-_alerts = Console(stderr=True, highlight=False)
+_alerts = Console(stderr=True, highlight=False, **_plain)
 
 
 def set_quiet(quiet: bool) -> None:
@@ -102,15 +105,13 @@ def show_table(title: str, rows: Mapping[str, object]) -> None:
 
 
 def fmt_loss(loss: float | None) -> str:
-    return "-" if loss is None or not math.isfinite(loss) else f"{loss:.4f}"
+    return _num(loss, 4)
 
 
 class TrainProgress:
-    """Renders the trainer's reports: a live bar on a terminal, plain periodic lines elsewhere.
-
-    Implements the reporter protocol of `charlstm.trainer` (start / step / evaluated / saved /
-    message / close).
-    """
+    """Renders the trainer's reports (`charlstm.trainer.Reporter`): a live bar on a terminal,
+    and elsewhere (a log file, a pipe, CI) a plain line every `line_every_s` seconds that reads
+    like the bar: `step 120/500 (24%) ...` or `1.3/10.0 min ...`, ETA, losses, speed."""
 
     def __init__(self, quiet: bool = False, line_every_s: float = 10.0) -> None:
         self.quiet = quiet
@@ -119,20 +120,18 @@ class TrainProgress:
         self._last_line = 0.0
         self._progress: Progress | None = None
         self._task = None
-        self._fields: dict[str, str] = {}
-        self.unit = "steps"
+        self._by_time = False
 
-    # -- reporter protocol ---------------------------------------------------------------
-    def start(self, total: float, unit: str, header: Mapping[str, object]) -> None:
-        self.unit = unit
+    def start(self, info) -> None:
+        self._by_time = info.total_steps is None
         if not self.quiet:
-            show_table("training", header)
+            show_table("training", run_header(info))
         if not self.live:
             return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            MofNCompleteColumn() if unit == "steps" else TaskProgressColumn(),
+            TaskProgressColumn() if self._by_time else MofNCompleteColumn(),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             TextColumn("{task.fields[stats]}"),
@@ -141,29 +140,95 @@ class TrainProgress:
             refresh_per_second=4,
         )
         self._progress.start()
+        total = info.budget_min if self._by_time else info.total_steps
         self._task = self._progress.add_task("train", total=total, stats="")
 
-    def step(self, done: float, stats: Mapping[str, object]) -> None:
-        self._fields.update({k: str(v) for k, v in stats.items()})
-        text = "  ".join(f"{k} {v}" for k, v in self._fields.items())
+    def step(self, stats) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, completed=done, stats=text)
+            done = stats.elapsed_s / 60 if self._by_time else stats.step
+            self._progress.update(self._task, completed=done, stats=step_numbers(stats))
         elif not self.quiet and time.monotonic() - self._last_line >= self.line_every_s:
             self._last_line = time.monotonic()
-            console.print(f"{self.unit} {done:g}  {text}", soft_wrap=True, markup=False)
+            console.print(plain_progress_line(stats), soft_wrap=True, markup=False)
+
+    def evaluated(self, stats) -> None:
+        loss = stats.val_loss
+        self.message(
+            f"step {stats.step:,}: val loss {loss:.4f}  bpc {loss / math.log(2):.4f}  "
+            f"ppl {math.exp(min(loss, 700)):.3f}" + ("  (best)" if stats.improved else "")
+        )
 
     def message(self, text: str) -> None:
         if self.quiet:
             return
-        if self._progress is not None:
-            self._progress.console.print(_escape(text), soft_wrap=True)
-        else:
-            console.print(_escape(text), soft_wrap=True)
+        target = self._progress.console if self._progress is not None else console
+        target.print(_escape(text), soft_wrap=True)
 
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def run_header(info) -> dict[str, str]:
+    """The table printed when a run starts (a `charlstm.trainer.RunInfo`)."""
+    m = info.model
+    batch = f"{info.batch_size} streams x bptt {info.bptt}, lr {info.lr:g}"
+    if info.processes > 1:
+        batch += f", {info.processes} processes"
+    length = (
+        f"{info.total_steps:,} steps"
+        if info.total_steps is not None
+        else f"{info.budget_min:g} min budget"
+    )
+    if info.resumed_at is not None:
+        length += f" (resumed at step {info.resumed_at:,})"
+    return {
+        "data": f"{info.data} ({info.train_chars:,} train / {info.val_chars:,} val chars, "
+        f"vocab {info.vocab_size})",
+        "model": f"{m.num_layers} x LSTM({m.hidden_size}), embed {m.embed_size}, "
+        f"dropout {m.dropout}" + (", tied" if m.tie_weights else ""),
+        "parameters": fmt_int(info.params),
+        "batch": batch,
+        "device": f"{info.device} {info.precision}" + (" compiled" if info.compiled else ""),
+        "length": length,
+        "run": str(info.run_dir),
+    }
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
+
+
+def step_numbers(stats) -> str:
+    """Losses, learning rate and speed of a `StepStats`, as the bar and the log line show them."""
+    val = stats.val_loss
+    parts = [
+        f"loss {_num(stats.train_loss)}",
+        f"val {_num(val)}",
+        f"bpc {_num(None if val is None else val / math.log(2))}",
+        f"ppl {_num(None if val is None else math.exp(min(val, 700)), 2)}",
+        f"lr {stats.lr:.2e}",
+        f"{stats.chars_per_s:,.0f} chars/s",
+    ]
+    if stats.skipped:
+        parts.append(f"skipped {stats.skipped}")
+    return "  ".join(parts)
+
+
+def plain_progress_line(stats) -> str:
+    """One log line: where the run is, the time left, then the numbers."""
+    if stats.budget_s is not None:
+        where = f"{stats.elapsed_s / 60:.1f}/{stats.budget_s / 60:.1f} min  step {stats.step:,}"
+    elif stats.total_steps:
+        where = (
+            f"step {stats.step:,}/{stats.total_steps:,} "
+            f"({100 * stats.step / stats.total_steps:.0f}%)"
+        )
+    else:
+        where = f"step {stats.step:,}"
+    eta = "" if stats.eta_s is None else f"  ETA {fmt_duration(stats.eta_s)}"
+    return f"{where}  {fmt_duration(stats.elapsed_s)}{eta}  {step_numbers(stats)}"
 
 
 def show_train(result) -> None:

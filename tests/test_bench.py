@@ -38,4 +38,4 @@ def test_bench_command_json_and_bad_section(run_cli, tmp_path):
     assert figures["machine"]["cpu_count"] >= 1
     assert {r["section"] for r in figures["rows"]} == {"limits"}
     bad = run_cli("bench", "--section", "everything")
-    assert bad.exit_code == 1 and "unknown --section" in bad.stderr
+    assert bad.exit_code == 2 and "unknown --section everything" in bad.stderr

@@ -184,7 +184,7 @@ def test_plain_pickle_with_code_is_refused_without_running_it(tmp_path, protocol
 def test_newer_format_version_says_upgrade(tmp_path):
     path = tmp_path / "future.pt"
     torch.save({**model_payload(), "format": FORMAT, "format_version": 999}, path)
-    with pytest.raises(CharLSTMError, match="format version 999.*reads up to 1.*upgrade charlstm"):
+    with pytest.raises(CharLSTMError, match="format version 999.*reads up to 2.*upgrade charlstm"):
         load_checkpoint(path)
 
 
@@ -209,12 +209,12 @@ def test_without_the_format_marker(tmp_path, obj):
 def test_damaged_payload(tmp_path):
     missing = tmp_path / "missing.pt"
     save_checkpoint({k: v for k, v in model_payload().items() if k != "model_config"}, missing)
-    with pytest.raises(CharLSTMError, match="checkpoint is damaged"):
+    with pytest.raises(CharLSTMError, match="missing.pt is damaged.*use another checkpoint"):
         load_checkpoint(missing)
 
     mismatched = tmp_path / "mismatched.pt"
     payload = model_payload()
     payload["model_config"] = {**payload["model_config"], "hidden_size": 32}
     save_checkpoint(payload, mismatched)
-    with pytest.raises(CharLSTMError, match="checkpoint is damaged"):
+    with pytest.raises(CharLSTMError, match="mismatched.pt is damaged.*size mismatch"):
         load_checkpoint(mismatched)

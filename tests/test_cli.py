@@ -227,21 +227,22 @@ def test_folder_instead_of_checkpoint(run, command):
 
 
 @pytest.mark.parametrize(
-    ("options", "words"),
+    ("options", "code", "words"),
     [
-        (["--temperature", "-1"], ["--temperature must be >= 0"]),
-        (["--top-p", "0"], ["--top-p must be in (0, 1]"]),
-        (["--top-p", "1.5"], ["--top-p must be in (0, 1]"]),
-        (["--top-k", "-1"], ["--top-k must be >= 0"]),
-        (["--length", "-1"], ["--length must be >= 0"]),
-        (["--num-samples", "0"], ["--num-samples must be >= 1"]),
-        (["--prime", "the Zebra!"], ["the prime text", "'Z' at 4", "'!' at 9"]),
-        (["--prime", "a", "--prime-file", "x.txt"], ["--prime or --prime-file"]),
-        (["--prime-file", "/nonexistent/prime.txt"], ["prime file not found"]),
+        (["--temperature", "-1"], 2, ["--temperature must be >= 0"]),
+        (["--top-p", "0"], 2, ["--top-p must be in (0, 1]"]),
+        (["--top-p", "1.5"], 2, ["--top-p must be in (0, 1]"]),
+        (["--top-k", "-1"], 2, ["--top-k must be >= 0"]),
+        (["--length", "-1"], 2, ["--length must be >= 0"]),
+        (["--num-samples", "0"], 2, ["--num-samples must be >= 1"]),
+        (["--prime", "a", "--prime-file", "x.txt"], 2, ["--prime or --prime-file"]),
+        (["--prime", "the Zebra!"], 1, ["the prime text", "'Z' at 4", "'!' at 9"]),
+        (["--prime-file", "/nonexistent/prime.txt"], 1, ["prime file not found"]),
     ],
 )
-def test_bad_sample_options(run, options, words):
-    assert_clean_error(cli("sample", run["best"], *options), 1, *words)
+def test_bad_sample_options(run, options, code, words):
+    """Out-of-range values are usage errors (exit 2); a prime the model cannot read is 1."""
+    assert_clean_error(cli("sample", run["best"], *options), code, *words)
 
 
 def test_sample_output_that_is_a_folder(run, tmp_path):
@@ -287,25 +288,33 @@ def test_eval_text_with_unknown_characters(run, tmp_path):
 
 
 def test_eval_bad_batch_size(run):
-    assert_clean_error(cli("eval", run["best"], "--batch-size", "0"), 1, "--batch-size")
+    assert_clean_error(cli("eval", run["best"], "--batch-size", "0"), 2, "--batch-size")
 
 
 # -- bad inputs: train ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("options", "words"),
     [
-        (["--hidden", "-5"], ["--hidden must be a positive whole number", "-5"]),
+        (["--hidden", "-5"], ["--hidden must be a whole number >= 1", "-5"]),
         (["--dropout", "1.0"], ["--dropout must be in [0, 1)"]),
         (["--bptt", "0"], ["--bptt must be a whole number >= 1"]),
         (["--batch-size", "0"], ["--batch-size must be a whole number >= 1"]),
         (["--steps", "5", "--time-budget", "1"], ["at most one of --steps", "--time-budget"]),
         (["--save-every", "often"], ["--save-every 'often'"]),
+        (["--seed", "-1"], ["--seed must be a whole number from 0 to 2^63-1, got -1"]),
+        (["--seed", str(2**70)], ["--seed must be a whole number from 0"]),
+        (["--device", "gpu"], ["--device 'gpu' is not a device"]),
+        (["--resume", "--force"], ["--resume and --force contradict"]),
     ],
 )
 def test_bad_train_options(run, tmp_path, options, words):
+    """A bad value is a usage error (exit 2): one line, and no run folder is left behind (one
+    holding only config.json used to block both a retry and --resume)."""
     out = tmp_path / "run"
-    assert_clean_error(cli("train", run["data"], "--out", out, *SMALL, *options), 1, *words)
+    assert_clean_error(cli("train", run["data"], "--out", out, *SMALL, *options), 2, *words)
     assert not out.exists()
+    retry = cli("train", run["data"], "--out", out, *SMALL, "--steps", "2", "-q")
+    assert retry.exit_code == 0, retry.stderr
 
 
 def test_train_usage_error(run, tmp_path):

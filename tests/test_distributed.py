@@ -15,7 +15,7 @@ from tiny import tiny_args
 
 from charlstm.checkpoint import read_checkpoint
 from charlstm.prepare import tokenize
-from charlstm.trainer import run_lock
+from charlstm.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -66,11 +66,11 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
 
     a = read_checkpoint(tmp_path / "one" / "last.pt")
     b = read_checkpoint(tmp_path / "two" / "last.pt")
-    assert b["world_size"] == 2
+    assert b["run"]["world_size"] == 2
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-5)
     # validation sharded over ranks and all-reduced equals the single-process figure
-    assert abs(a["best_val"] - b["best_val"]) < 1e-5
+    assert abs(a["run"]["best_val"] - b["run"]["best_val"]) < 1e-5
     # exactly one set of run files, written by rank 0
     files = sorted(p.name for p in (tmp_path / "two").iterdir() if not p.name.startswith("."))
     assert files == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
@@ -83,7 +83,7 @@ def test_checkpoint_from_two_ranks_resumes_in_one(data, tmp_path):
     common = [str(data), *TINY, "--eval-every", "6", "--out", str(run)]
     first = _torchrun(2, "train", *common, "--steps", "6")
     assert first.returncode == 0, first.stderr
-    state = read_checkpoint(run / "last.pt")["state"]
+    state = read_checkpoint(run / "last.pt")["run"]["hidden"]
     assert state[0].shape[1] == 4  # the hidden state of all 4 streams, rank-independent
     resumed = subprocess.run(
         [sys.executable, "-m", "charlstm", "train", *common, "--steps", "12", "--resume"],
@@ -92,13 +92,13 @@ def test_checkpoint_from_two_ranks_resumes_in_one(data, tmp_path):
         env=_env(),
     )
     assert resumed.returncode == 0, resumed.stderr
-    assert read_checkpoint(run / "last.pt")["step"] == 12
+    assert read_checkpoint(run / "last.pt")["run"]["step"] == 12
 
 
 def test_a_failing_rank_fails_the_job_with_its_error(data, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    with run_lock(run):  # rank 0 cannot take the run's lock; rank 1 is left waiting
+    with RunDir(run).lock():  # rank 0 cannot take the run's lock; rank 1 is left waiting
         result = _torchrun(
             2, "train", str(data), *TINY, "--steps", "5", "--out", str(run), timeout=180
         )

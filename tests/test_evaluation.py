@@ -13,7 +13,7 @@ from tiny import random_checkpoint, word_text
 
 from charlstm.checkpoint import load_checkpoint
 from charlstm.errors import CharLSTMError
-from charlstm.evaluation import EVAL_BPTT, evaluate, metrics_from_nats, stream_nats
+from charlstm.evaluation import EVAL_BPTT, evaluate, metrics_from_nats, stream_count, stream_nats
 from charlstm.model import CharLSTM
 from charlstm.prepare import tokenize
 
@@ -120,11 +120,27 @@ def test_batched_eval_scores_every_character_once(corpus, batch_size):
     for start in range(0, n_targets, stream_len):
         end = min(start + stream_len, n_targets)
         total += reference_nats(model, ids[start : end + 1]).sum()
-    result = evaluate(corpus["ckpt"], text=corpus["text"], batch_size=batch_size, device="cpu")
-    assert result.chars == n_targets
-    assert result.loss == pytest.approx(total / n_targets, rel=1e-5)
+    nats, count = stream_nats(model, ids, batch_size)
+    assert count == n_targets
+    assert nats / count == pytest.approx(total / n_targets, rel=1e-5)
     single = evaluate(corpus["ckpt"], text=corpus["text"], device="cpu")
-    assert result.loss == pytest.approx(single.loss, rel=0.25)
+    assert nats / count == pytest.approx(single.loss, rel=0.25)
+
+
+def test_eval_caps_streams_so_each_is_long_enough(corpus, tmp_path):
+    """--batch-size 100000 on a short text once scored thousands of 2-character streams from a
+    fresh state; streams are now capped at one per 1,000 characters, and the result says so."""
+    long_text = tmp_path / "long.txt"
+    long_text.write_text(corpus["text"].read_text(encoding="utf-8") * 6, encoding="utf-8")
+    n_chars = len(long_text.read_text(encoding="utf-8"))
+    result = evaluate(corpus["ckpt"], text=long_text, batch_size=100_000, device="cpu")
+    assert result.streams == stream_count(n_chars, 100_000) == (n_chars - 1) // 1000
+    assert result.streams_asked == 100_000 and result.chars == n_chars - 1
+    ids = encode_file(corpus["ckpt"], long_text)
+    model = load_checkpoint(corpus["ckpt"]).model
+    nats, count = stream_nats(model, ids, result.streams)
+    assert result.loss == pytest.approx(nats / count, rel=1e-9)
+    assert stream_count(500, 64) == 1 and stream_count(64_001, 64) == 64
 
 
 def test_sharded_sums_add_up_to_the_whole(corpus):

@@ -113,9 +113,7 @@ def test_tie_weights_shares_one_tensor():
 
 def test_tie_weights_needs_embed_equal_hidden():
     with pytest.raises(CharLSTMError, match="--tie-weights needs --embed equal to --hidden"):
-        ModelConfig(vocab_size=V, embed_size=8, hidden_size=16, tie_weights=True).validate()
-    with pytest.raises(CharLSTMError, match="tie"):
-        CharLSTM(ModelConfig(vocab_size=V, embed_size=8, hidden_size=16, tie_weights=True))
+        ModelConfig(vocab_size=V, embed_size=8, hidden_size=16, tie_weights=True)
 
 
 # -- invalid configurations ----------------------------------------------------------------------
@@ -131,17 +129,14 @@ def test_tie_weights_needs_embed_equal_hidden():
     ],
 )
 def test_non_positive_sizes_are_rejected(field, value, flag):
-    config = ModelConfig(**{"vocab_size": V, field: value})
-    with pytest.raises(CharLSTMError, match=f"{flag} must be a positive whole number"):
-        config.validate()
-    with pytest.raises(CharLSTMError):
-        CharLSTM(config)
+    with pytest.raises(CharLSTMError, match=f"{flag} must be a whole number >= 1, got {value}"):
+        ModelConfig(**{"vocab_size": V, field: value})
 
 
 @pytest.mark.parametrize("dropout", [-0.1, 1.0, 1.5])
 def test_dropout_outside_zero_one_is_rejected(dropout):
     with pytest.raises(CharLSTMError, match=r"--dropout must be in \[0, 1\)"):
-        ModelConfig(vocab_size=V, dropout=dropout).validate()
+        ModelConfig(vocab_size=V, dropout=dropout)
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5, 0.99])

@@ -486,7 +486,7 @@ def test_fractions_that_leave_a_split_empty(run_cli, tmp_path, out_dir, flags, e
 )
 def test_fractions_out_of_range(run_cli, tiny_text, out_dir, flags, words):
     result = run_cli("tokenize", tiny_text, "--out", out_dir, *flags)
-    assert_clean_failure(result, *words)
+    assert_clean_failure(result, *words, exit_code=2)  # a bad option value: a usage error
     assert_nothing_written(out_dir)
 
 
@@ -515,8 +515,8 @@ def test_library_rejects_unknown_options_as_user_errors(tiny_text, out_dir):
 
 def test_existing_output_needs_force(run_cli, tiny_text, tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    write(out / "keep.txt", "precious\n")
+    assert run_cli("tokenize", tiny_text, "--out", out).exit_code == 0
+    (tmp_path / "tiny.txt").write_text("a changed text\n", encoding="utf-8")
     before = snapshot(tmp_path)
     result = run_cli("tokenize", tiny_text, "--out", out)
     assert_clean_failure(result, "already exists", "--force")
@@ -531,7 +531,7 @@ def test_existing_output_needs_force(run_cli, tiny_text, tmp_path):
         "train.npy",
         "val.npy",
     ]
-    assert decoded(out) == tiny_text.read_text(encoding="utf-8")
+    assert decoded(out) == "a changed text\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.txt"]  # no .old-/.tmp-
 
 
@@ -568,7 +568,7 @@ def test_failed_write_leaves_no_half_written_folder(
     parent = tmp_path / "outputs"
     out = parent / "run"
     if existing:
-        write(out / "old.txt", "the previous run\n")
+        assert run_cli("tokenize", tiny_text, "--out", out).exit_code == 0
     before = snapshot(parent) if existing else None
     fail(monkeypatch, OSError(28, "No space left on device"))
     result = run_cli("tokenize", tiny_text, "--out", out, *(["--force"] if existing else []))

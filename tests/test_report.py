@@ -136,7 +136,7 @@ def test_info_describes_a_checkpoint(run_cli, tmp_path):
     result = run_cli("info", tmp_path / "run" / "best.pt", "--json")
     assert result.exit_code == 0, result.stderr
     facts = json.loads(result.stdout)
-    assert facts["format_version"] == 1
+    assert facts["format_version"] == 2
     assert facts["model"]["hidden_size"] == 16
     assert facts["vocab"]["size"] == len(set("hello world, hello charlstm.\n"))
     assert facts["steps"] == 4 and facts["chars_seen"] == 4 * 2 * 8

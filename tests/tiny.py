@@ -62,3 +62,32 @@ def random_checkpoint(
                "vocab": vocab.to_json(), **(extra or {})}  # fmt: skip
     save_checkpoint(payload, path)
     return path
+
+
+class InterruptAt:
+    """A reporter that presses Ctrl-C once the run has logged step `at` (the trainer's own
+    graceful handler must be installed, or this would stop pytest)."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def start(self, info):
+        pass
+
+    def step(self, stats):
+        import os
+        import signal
+
+        if stats.step == self.at:
+            handler = signal.getsignal(signal.SIGINT)
+            assert getattr(handler, "__self__", None).__class__.__name__ == "_Interrupt"
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def evaluated(self, stats):
+        pass
+
+    def message(self, text):
+        pass
+
+    def close(self):
+        pass

@@ -1,0 +1,215 @@
+"""The run folder: its file names, the lock, the pre-flight checks, the metrics log, config.json
+and best.pt. Nothing here knows about models: it keeps a run's files safe.
+
+A run folder exists only once a run has really started: every check that can refuse a run
+(options, data, disk space, a resume's configuration) happens before the folder is created or
+anything in it is written.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from charlstm.checkpoint import fsync_dir
+from charlstm.errors import CharLSTMError
+
+LAST, BEST, METRICS, CONFIG, CURVES = (
+    "last.pt",
+    "best.pt",
+    "metrics.jsonl",
+    "config.json",
+    "curves.png",
+)
+RUN_FILES = (LAST, BEST, METRICS, CONFIG, CURVES)
+DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A training run's folder and the rules for its files."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def name(self) -> str:
+        """The run's name: its folder's name (also for `--out .`)."""
+        return self.path.resolve().name
+
+    def holds_run(self) -> bool:
+        """A run that saved a checkpoint: something --resume can continue, --force would lose."""
+        return self.file(LAST).exists() or self.file(BEST).exists()
+
+    def check_new(self, force: bool) -> None:
+        """Never overwrite a run by accident: an existing one needs --resume or --force."""
+        if self.path.exists() and not self.path.is_dir():
+            raise CharLSTMError(f"{self.path} exists and is not a folder", "choose another --out")
+        if self.holds_run() and not force:
+            raise CharLSTMError(
+                f"run folder {self.path} already holds a run",
+                "pass --resume to continue it, --force to start over, or another --out",
+            )
+
+    def check_resumable(self) -> Path:
+        if self.path.exists() and not self.path.is_dir():
+            raise CharLSTMError(f"{self.path} exists and is not a folder", "pass a run folder")
+        if not self.file(LAST).exists():
+            raise CharLSTMError(
+                f"nothing to resume: {self.file(LAST)} does not exist",
+                "start a new run without --resume, or pass the run's folder with --out",
+            )
+        return self.file(LAST)
+
+    def preflight(self, need_bytes: int) -> None:
+        """The folder can be created (or written) and a checkpoint fits on the disk, checked
+        without creating anything."""
+        existing = self.path
+        while not existing.exists():
+            if existing.parent == existing:
+                break
+            existing = existing.parent
+        if not existing.is_dir():
+            raise CharLSTMError(
+                f"cannot write to run folder {self.path}: {existing} is a file, not a folder",
+                "choose a writable --out",
+            )
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise CharLSTMError(
+                f"cannot write to run folder {self.path}: {existing} is not writable",
+                "choose a writable --out",
+            )
+        free = shutil.disk_usage(existing).free
+        if free < need_bytes:
+            raise CharLSTMError(
+                f"only {free / 1e6:.0f} MB free at {existing}; a checkpoint needs about "
+                f"{need_bytes / 1e6:.0f} MB",
+                "free some disk space or choose another --out",
+            )
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CharLSTMError(
+                f"cannot create run folder {self.path}: {e.strerror}", "choose a writable --out"
+            ) from None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """An exclusive lock on RUN_DIR/.lock. The OS drops it when the process dies, so a
+        crash never leaves a run locked; the file records who holds it."""
+        with open(self.file(".lock"), "a+") as f:
+            try:
+                import fcntl
+
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except ImportError:  # pragma: no cover - no flock (Windows): best effort, no lock
+                pass
+            except OSError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise CharLSTMError(
+                    f"{self.path} is in use by another charlstm train ({holder})",
+                    "wait for it to finish, or choose another --out",
+                ) from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            yield
+
+    def clear(self) -> None:
+        """--force: remove the old run's files (other files in the folder stay)."""
+        for name in RUN_FILES:
+            self.file(name).unlink(missing_ok=True)
+
+    def write_config(self, record: dict) -> None:
+        write_atomic(self.file(CONFIG), json.dumps(record, indent=2) + "\n")
+
+    def promote_best(self) -> None:
+        """best.pt becomes a durable copy of last.pt: copy, fsync, rename, fsync the folder."""
+        tmp = self.file(f".{BEST}.tmp-{os.getpid()}")
+        try:
+            with open(self.file(LAST), "rb") as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, self.file(BEST))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        fsync_dir(self.path)
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.file(METRICS))
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, appended and flushed line by line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop a torn last line and anything logged after the checkpoint's step."""
+        if not self.path.exists():
+            return
+        keep = []
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                    if int(record.get("step", 0)) <= step:
+                        keep.append(json.dumps(record))
+                except (ValueError, TypeError, AttributeError):
+                    continue  # a line torn by a crash, or not ours
+        write_atomic(self.path, "".join(k + "\n" for k in keep))
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write a small text file so a crash leaves the old or the new one, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def disk_full_error(e: OSError, path: Path, need_bytes: int, step: int) -> CharLSTMError | None:
+    """The one-line error for a full disk while writing `path`, or None for another OSError."""
+    if e.errno not in DISK_FULL:
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = 0
+    return CharLSTMError(
+        f"the disk is full: writing {path} needs about {need_bytes / 1e6:.0f} MB and "
+        f"{free / 1e6:.0f} MB are free; the last checkpoint on disk is intact",
+        f"free at least {need_bytes / 1e6:.0f} MB, then continue with --resume "
+        f"(step {step:,} was reached; steps since the last save are lost)",
+    )
