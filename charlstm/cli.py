@@ -38,7 +38,10 @@ class _Group(TyperGroup):
             rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
-                _emit(e.ctx.get_help() + "\n")  # `charlstm` (or `charlstm corpus`) alone
+                # `charlstm` (or `charlstm corpus`) alone: the help (Typer's Rich help has
+                # already printed itself while the error was made; plain help is the message)
+                if e.format_message().strip():
+                    _emit(e.format_message() + "\n")
                 rc = 0
                 if standalone_mode:
                     sys.exit(rc)

@@ -176,24 +176,28 @@ def wide_encoding(data: bytes) -> str | None:
         return "UTF-32"
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         return "UTF-16"
-    head = data[:4096]
-    if len(head) >= 16 and head.count(0) > len(head) // 3:
-        return "UTF-16"
+    head = data[: 4096 & ~1]
+    if len(head) >= 16:
+        even, odd = head[0::2].count(0) / (len(head) // 2), head[1::2].count(0) / (len(head) // 2)
+        if max(even, odd) > 0.9 and min(even, odd) < 0.1:  # NULs beside ASCII, on one side
+            return "UTF-16"
     return None
 
 
 def decode_piece(piece: Piece, hint: str = "use --level byte to model raw bytes") -> str:
-    """UTF-8 text of a piece, or a CharLSTMError naming the file and byte offset."""
+    """UTF-8 text of a piece, or a CharLSTMError naming the file and byte offset. A file in a
+    wide encoding (UTF-16 text is NUL bytes between ASCII letters, which UTF-8 accepts) is
+    refused at its first piece, with the command that converts it."""
+    wide = wide_encoding(piece.data) if piece.offset == 0 else None
+    if wide:
+        raise CharLSTMError(
+            f"{piece.file} is {wide} text, not UTF-8",
+            f"convert it first: iconv -f {wide} -t UTF-8 '{piece.file}' > "
+            f"'{piece.file.with_suffix('.utf8.txt')}'",
+        )
     try:
         return piece.data.decode("utf-8")
     except UnicodeDecodeError as e:
-        wide = wide_encoding(piece.data) if piece.offset == 0 else None
-        if wide:
-            raise CharLSTMError(
-                f"{piece.file} is {wide} text, not UTF-8",
-                f"convert it first: iconv -f {wide} -t UTF-8 '{piece.file}' > "
-                f"'{piece.file.with_suffix('.utf8.txt')}'",
-            ) from None
         where = piece.offset + e.start
         raise CharLSTMError(
             f"{piece.file} is not valid UTF-8 (byte 0x{piece.data[e.start]:02x} at byte "

@@ -53,7 +53,10 @@ def load_dataset(folder: str | Path, name: str | None = None) -> Dataset:
             f"{folder} is not a tokenized folder (no meta.json)", "run `charlstm tokenize` first"
         ) from None
     except (OSError, ValueError) as e:
-        raise CharLSTMError(f"cannot read {meta_path}: {e}") from None
+        raise CharLSTMError(
+            f"cannot read {meta_path}: {e}",
+            "re-run `charlstm tokenize CORPUS --out FOLDER --force` to write it again",
+        ) from None
     if meta.get("format") != FORMAT:
         raise CharLSTMError(f"{meta_path} is not a charlstm tokenized-data description")
     if meta.get("format_version", 0) > FORMAT_VERSION:

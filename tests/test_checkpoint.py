@@ -218,3 +218,37 @@ def test_damaged_payload(tmp_path):
     save_checkpoint(payload, mismatched)
     with pytest.raises(CharLSTMError, match="mismatched.pt is damaged.*size mismatch"):
         load_checkpoint(mismatched)
+
+
+def _as_version_1(payload: dict) -> dict:
+    """A payload laid out as charlstm 0.1 wrote it: the run state's fields at the top level."""
+    old = {k: v for k, v in payload.items() if k != "run"}
+    run = dict(payload["run"])
+    old["state"] = run.pop("hidden")
+    old.update(run)
+    old["chars_seen"] = old["step"] * 64
+    old["schedule"] = {"kind": "warmup-cosine", "step": old["step"]}
+    old["format_version"] = 1
+    return old
+
+
+def test_a_version_1_run_still_evaluates_and_resumes(tmp_path):
+    """Checkpoints written by the previous release load (upgraded in memory) and continue."""
+    from tiny import TINY_KWARGS, word_text
+
+    from charlstm.prepare import tokenize
+    from charlstm.trainer import train
+
+    (tmp_path / "t.txt").write_text(word_text(3000), encoding="utf-8")
+    data = tokenize(tmp_path / "t.txt", tmp_path / "data").out
+    run = tmp_path / "run"
+    train(data, run, steps=6, eval_every=3, **TINY_KWARGS)
+    current = read_checkpoint(run / "last.pt")
+    with open(run / "last.pt", "wb") as f:  # as the old release wrote it
+        torch.save(_as_version_1({**current, "format": FORMAT}), f)
+    upgraded = read_checkpoint(run / "last.pt")
+    assert upgraded["format_version"] == 2
+    assert upgraded["run"]["step"] == 6 and "step" not in upgraded
+    assert torch.equal(upgraded["run"]["hidden"][0], current["run"]["hidden"][0])
+    assert load_checkpoint(run / "last.pt").config.hidden_size == TINY_KWARGS["hidden_size"]
+    assert train(out=run, resume=True, steps=9).steps == 9

@@ -376,3 +376,111 @@ def test_train_in_process_then_resume(run, tmp_path):
     assert resumed.stdout == ""
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines if '"eval"' in line] == [3, 6, 9]
+
+
+# -- output: files are never overwritten, stdout problems are one line ---------------------------
+def test_sample_output_that_exists_needs_force(run, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my notes\n", encoding="utf-8")
+    assert_clean_error(
+        cli("sample", run["best"], "--length", "5", "--output", path),
+        1,
+        "already exists",
+        "--force",
+    )
+    assert path.read_text(encoding="utf-8") == "my notes\n"
+    replaced = cli("sample", run["best"], "--length", "5", "--output", path, "--force")
+    assert replaced.exit_code == 0 and path.read_text(encoding="utf-8") != "my notes\n"
+    assert_clean_error(
+        cli("sample", run["best"], "--output", tmp_path / "no" / "such" / "x.txt"),
+        1,
+        "does not exist",
+    )
+
+
+def test_samples_as_json_split_back_exactly(run, tmp_path):
+    """Samples may contain blank lines, so the blank-line separator is ambiguous: --json is a
+    list of the exact texts, on stdout or in --output."""
+    result = cli("sample", run["best"], "--num-samples", "3", "--length", "60", "--seed", "4",
+                 "--json")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    texts = generate(run["best"], length=60, seed=4, num_samples=3)
+    assert json.loads(result.stdout) == texts
+    path = tmp_path / "s.json"
+    to_file = cli("sample", run["best"], "--num-samples", "3", "--length", "60", "--seed", "4",
+                  "--json", "--output", path)  # fmt: skip
+    assert to_file.exit_code == 0 and to_file.stdout == ""
+    assert json.loads(path.read_text(encoding="utf-8")) == texts
+
+
+def test_a_diverged_checkpoint_is_one_line_for_eval_and_sample(run, tmp_path):
+    from charlstm.checkpoint import read_checkpoint, save_checkpoint
+
+    payload = read_checkpoint(run["best"])
+    payload["model"]["head.bias"][0] = float("nan")
+    save_checkpoint(payload, tmp_path / "nan.pt")
+    for command in (["eval", "--json"], ["sample"]):
+        assert_clean_error(cli(command[0], tmp_path / "nan.pt", *command[1:]), 1,
+                           "non-finite weights", "diverged")  # fmt: skip
+
+
+def test_eval_json_is_valid_json_even_for_an_unbounded_perplexity(run):
+    from charlstm.evaluation import EvalResult
+
+    result = EvalResult(800.0, 1154.2, float("inf"), 10, 0.1)
+    assert json.loads(json.dumps(result.to_dict()))["perplexity"] is None
+
+
+def test_eval_says_when_it_caps_the_streams(run):
+    result = cli("eval", run["best"], "--batch-size", "100000", "--json")
+    assert result.exit_code == 0, result.stderr
+    scores = json.loads(result.stdout)
+    assert scores["streams"] == 1 and scores["streams_asked"] == 100000
+    assert "warning: scored 1 streams, not 100000" in result.stderr
+
+
+def test_no_arguments_prints_the_help(run_cli_subprocess):
+    proc = run_cli_subprocess()
+    assert proc.returncode == 0
+    assert "tokenize" in proc.stdout and "Usage" in proc.stdout and "error" not in proc.stderr
+
+
+def _sample_cmd(best: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "charlstm", "sample", str(best), "--length", "3000"]
+
+
+def test_a_full_disk_on_stdout_is_one_line(run):
+    import subprocess
+
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run(_sample_cmd(run["best"]), stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (
+        "error: cannot write to standard output: No space left on device; redirect it to a "
+        "file with room, or use --output where the command has it"
+    )
+
+
+def test_a_closed_stdout_is_one_line(run):
+    import subprocess
+
+    proc = subprocess.run(_sample_cmd(run["best"]), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, timeout=60,
+                          preexec_fn=lambda: __import__("os").close(1))  # fmt: skip
+    assert proc.returncode == 1
+    assert "cannot write to standard output: it is closed" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_a_reader_that_stops_early_ends_sampling_quietly(run):
+    import subprocess
+
+    proc = subprocess.Popen([*_sample_cmd(run["best"])[:-1], "1000000"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    assert len(proc.stdout.read(50)) == 50
+    proc.stdout.close()  # like `| head -c 50`
+    assert proc.wait(timeout=60) == 141
+    assert proc.stderr.read() == b""

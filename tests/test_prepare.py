@@ -362,38 +362,6 @@ def test_tiny_chunks_with_normalization_read_on_through_lines_without_spaces(
     assert decoded(out) == Vocab(normalize=normalize, lowercase=lowercase).normalize_text(text)
 
 
-def test_read_pieces_never_splits_a_character(tmp_path):
-    raw = SEAMS_TEXT.encode()
-    src = charlstm.corpus.open_source(write(tmp_path / "t.txt", raw))
-    for chunk_bytes in (1, 2, 3, 5, 7, 64):
-        pieces = list(charlstm.corpus.read_pieces(src, chunk_bytes))
-        assert b"".join(p.data for p in pieces) == raw
-        assert all(p.data.decode("utf-8") for p in pieces)  # each piece decodes on its own
-        assert [p.offset for p in pieces] == list(
-            np.cumsum([0] + [len(p.data) for p in pieces[:-1]])
-        )
-
-
-def test_read_pieces_for_normalization_cut_after_newlines_then_spaces(tmp_path):
-    text = "one line with no newline, e\u0301 and 東 and 😀 and a\u0308 in it " * 20
-    src = charlstm.corpus.open_source(write(tmp_path / "t.txt", text + "\nend\n"))
-    pieces = list(charlstm.corpus.read_pieces(src, 16, at_newline=True))
-    assert b"".join(p.data for p in pieces) == (text + "\nend\n").encode()
-    assert len(pieces) > 20
-    assert all(p.data.endswith((b" ", b"\n")) for p in pieces)
-
-
-def test_read_pieces_reads_on_through_a_line_without_spaces_up_to_a_limit(tmp_path, monkeypatch):
-    raw = ("é東😀" * 100 + "\n").encode()
-    src = charlstm.corpus.open_source(write(tmp_path / "t.txt", raw))
-    assert [p.data for p in charlstm.corpus.read_pieces(src, 7, at_newline=True)] == [raw]
-    monkeypatch.setattr(charlstm.corpus, "MAX_PIECE_BYTES", 64)
-    pieces = list(charlstm.corpus.read_pieces(src, 7, at_newline=True))
-    assert b"".join(p.data for p in pieces) == raw
-    assert len(pieces) > 5 and max(len(p.data) for p in pieces) < 2 * 64
-    assert all(p.data.decode("utf-8") for p in pieces)
-
-
 # -- bad inputs: one line on stderr, exit 1 (2 for usage), nothing written ------------------------
 @pytest.fixture
 def out_dir(tmp_path) -> Path:
@@ -623,15 +591,6 @@ def test_tokenize_command_does_not_import_torch(run_cli_subprocess, tiny_text, t
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
 
 
-def test_version(run_cli, run_cli_subprocess):
-    expected = f"charlstm {charlstm.__version__}"
-    result = run_cli("--version")
-    assert (result.exit_code, result.stdout.strip()) == (0, expected)
-    proc = run_cli_subprocess("--version")
-    assert (proc.returncode, proc.stdout.strip()) == (0, expected)
-    assert "Traceback" not in proc.stderr
-
-
 def test_bad_input_in_a_real_process_is_one_line(run_cli_subprocess, tmp_path):
     proc = run_cli_subprocess("tokenize", tmp_path / "nope.txt", "--out", tmp_path / "out")
     assert proc.returncode == 1
@@ -641,20 +600,6 @@ def test_bad_input_in_a_real_process_is_one_line(run_cli_subprocess, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_tokenize_help_shows_an_example(run_cli):
-    result = run_cli("tokenize", "--help")
-    assert result.exit_code == 0
-    assert "example" in result.stdout.lower()
-    assert "charlstm tokenize my.txt" in " ".join(result.stdout.split())
-
-
-def test_root_help_shows_an_example(run_cli):
-    result = run_cli("--help")
-    assert result.exit_code == 0
-    assert "tokenize" in result.stdout
-    assert "example" in result.stdout.lower()
-
-
 def test_invalid_utf8_with_byte_level_normalization_points_at_the_right_fix(tmp_path):
     src = tmp_path / "bad.bin"
     src.write_bytes(b"fine text\n\xff\xfe more\n")
@@ -662,3 +607,57 @@ def test_invalid_utf8_with_byte_level_normalization_points_at_the_right_fix(tmp_
         charlstm.prepare.tokenize(src, tmp_path / "out", level="byte", normalize="nfc")
     assert "byte offset 10" in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+# -- the output never swallows the corpus ---------------------------------------------------------
+def test_output_that_is_or_holds_the_corpus_is_refused(run_cli, tmp_path):
+    """`tokenize proj/mytext.txt --out proj --force` once deleted proj/ with the corpus and an
+    unrelated file in it; `tokenize texts/ --out texts --force` the whole corpus folder."""
+    proj = tmp_path / "proj"
+    write(proj / "mytext.txt", "some text to keep\n" * 10)
+    write(proj / "other.txt", "an unrelated file\n")
+    before = snapshot(tmp_path)
+    for out in (proj, tmp_path):
+        for force in ([], ["--force"]):
+            result = run_cli("tokenize", proj / "mytext.txt", "--out", out, *force)
+            assert_clean_failure(result, "would contain the corpus")
+    result = run_cli("tokenize", proj, "--out", proj, "--force")
+    assert_clean_failure(result, "would contain the corpus")
+    result = run_cli("tokenize", proj, "--out", proj / "tok")
+    assert_clean_failure(result, "lies inside the corpus folder", "read as text next time")
+    assert snapshot(tmp_path) == before
+
+
+def test_force_replaces_only_an_earlier_tokenize_output(run_cli, tiny_text, tmp_path):
+    mine = tmp_path / "mine"
+    write(mine / "thesis.tex", "years of work\n")
+    before = snapshot(tmp_path)
+    result = run_cli("tokenize", tiny_text, "--out", mine, "--force")
+    assert_clean_failure(result, "--force replaces only an earlier tokenize output", "mine")
+    assert snapshot(tmp_path) == before
+
+
+def test_dot_as_the_output_folder_is_a_clean_refusal(run_cli, tmp_path, monkeypatch):
+    corpus = write(tmp_path / "books" / "a.txt", "text\n" * 20)
+    monkeypatch.chdir(tmp_path)
+    assert_clean_failure(run_cli("tokenize", corpus, "--out", ".", "--force"), "would contain")
+    monkeypatch.chdir(tmp_path / "books")
+    assert_clean_failure(run_cli("tokenize", "a.txt", "--out", ".", "--force"), "would contain")
+
+
+def test_utf16_text_is_told_how_to_convert(run_cli, tmp_path, out_dir):
+    corpus = write(tmp_path / "win.txt", "Notes saved by Notepad\r\n".encode("utf-16"))
+    result = run_cli("tokenize", corpus, "--out", out_dir)
+    assert_clean_failure(result, "win.txt is UTF-16 text, not UTF-8", "iconv -f UTF-16 -t UTF-8")
+    assert_nothing_written(out_dir)
+    byte_level = run_cli("tokenize", corpus, "--out", out_dir, "--level", "byte")
+    assert byte_level.exit_code == 0  # raw bytes need no decoding
+
+
+def test_catalog_split_applies_in_the_library_too(tmp_path):
+    corpus = write(tmp_path / "text8", "abc def " * 400)
+    write(tmp_path / "text8.json", json.dumps({"val_frac": 0.05, "test_frac": 0.05}))
+    result = charlstm.prepare.tokenize(corpus, tmp_path / "out")
+    meta = read_meta(result.out)
+    assert (meta["val_frac"], meta["test_frac"]) == (0.05, 0.05)
+    assert result.chars["test"] == 160

@@ -146,3 +146,29 @@ def test_info_describes_a_checkpoint(run_cli, tmp_path):
     assert table.exit_code == 0 and "parameters" in table.stderr
     missing = run_cli("info", tmp_path / "nope.pt")
     assert missing.exit_code == 1 and "not found" in missing.stderr
+
+
+def test_a_checkpoint_instead_of_the_run_folder(run_cli, tmp_path):
+    (tmp_path / "best.pt").write_bytes(b"weights")
+    result = run_cli("report", tmp_path / "best.pt")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert "is a file, not a run folder; pass the run folder" in result.stderr
+
+
+def test_undecodable_or_wrong_typed_lines_are_skipped(run_cli, tmp_path):
+    good = [json.dumps(r) for r in METRICS]
+    bad = [b"\xff\xfe not utf-8", b'{"kind": "train", "step": "x", "chars": [], "train_loss": 1}',
+           b'{"kind": "eval", "chars": "many", "val_loss": 1}', b"[1, 2]"]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_bytes(b"\n".join([*bad, *(g.encode() for g in good)]))
+    result = run_cli("report", tmp_path, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["best_val_loss"] == 1.8
+
+
+def test_drawing_a_png_leaves_the_callers_matplotlib_alone(tmp_path):
+    matplotlib = pytest.importorskip("matplotlib", reason="the optional 'plot' extra")
+    from charlstm.report import Curves, write_png
+
+    backend = matplotlib.get_backend()
+    write_png(Curves(train=[(1, 2.0), (2, 1.5)], val=[(2, 1.7)]), tmp_path / "c.png")
+    assert matplotlib.get_backend() == backend and (tmp_path / "c.png").stat().st_size > 1000

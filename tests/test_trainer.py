@@ -531,18 +531,3 @@ def test_time_budgeted_runs_validate_before_the_end(data, tmp_path):
 
 
 # -- data ----------------------------------------------------------------------------------------
-def test_raw_text_is_tokenized_into_the_cache_once(tmp_path, monkeypatch):
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("CHARLSTM_CACHE", str(cache))
-    source = tmp_path / "story.txt"
-    source.write_text(word_text(3000, seed=9), encoding="utf-8")
-    train(source, tmp_path / "a", steps=5, **TINY)
-    folders = list((cache / "tokenized").iterdir())
-    assert len(folders) == 1 and folders[0].name.startswith("story-")
-    assert (folders[0] / "meta.json").is_file()
-    stamp = (folders[0] / "meta.json").stat().st_mtime_ns
-    train(source, tmp_path / "b", steps=5, **TINY)
-    assert list((cache / "tokenized").iterdir()) == folders
-    assert (folders[0] / "meta.json").stat().st_mtime_ns == stamp  # reused, not redone
-    payload = read_checkpoint(tmp_path / "b" / "last.pt")
-    assert Path(payload["data"]["folder"]) == folders[0].resolve()

@@ -1,0 +1,73 @@
+"""ui.py: what a person reads — progress lines that read like the bar, the run header, and no
+escape codes where they do not belong (NO_COLOR, logs, pipes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from charlstm.config import ModelConfig
+from charlstm.trainer import RunInfo, StepStats
+from charlstm.ui import fmt_duration, plain_progress_line, run_header, step_numbers
+
+
+def stats(**overrides) -> StepStats:
+    values = dict(step=120, total_steps=500, elapsed_s=65.0, budget_s=None, train_loss=1.2345,
+                  val_loss=1.5, lr=2.9e-3, chars_per_s=12345.6, skipped=0, eta_s=200.0)  # fmt: skip
+    return StepStats(**{**values, **overrides})
+
+
+def test_a_step_bounded_log_line_reads_like_the_bar():
+    line = plain_progress_line(stats())
+    assert line.startswith("step 120/500 (24%)  1m05s  ETA 3m20s  loss 1.234  val 1.500")
+    assert "bpc 2.164" in line and "lr 2.90e-03" in line and "12,346 chars/s" in line
+
+
+def test_a_time_budgeted_log_line_shows_minutes_of_the_budget():
+    line = plain_progress_line(stats(total_steps=None, budget_s=600.0, elapsed_s=78.0, eta_s=522))
+    assert line.startswith("1.3/10.0 min  step 120  1m18s  ETA 8m42s")
+    assert "minutes 0." not in line
+
+
+def test_missing_numbers_are_dashes_and_skips_are_counted():
+    text = step_numbers(stats(val_loss=None, train_loss=float("nan"), skipped=3))
+    assert "loss -" in text and "val -" in text and "bpc -" in text and "skipped 3" in text
+
+
+def test_durations():
+    assert [fmt_duration(s) for s in (5.04, 65, 3725)] == ["5.0 s", "1m05s", "1h02m"]
+
+
+def test_run_header():
+    info = RunInfo(
+        run_dir=Path("runs/a"), data="data/mine", train_chars=900, val_chars=100, vocab_size=20,
+        model=ModelConfig(vocab_size=20, embed_size=8, hidden_size=16, num_layers=2),
+        params=1234, batch_size=4, bptt=16, lr=3e-3, processes=2, device="cpu",
+        precision="fp32", compiled=False, total_steps=None, budget_min=10.0, resumed_at=300,
+    )  # fmt: skip
+    rows = run_header(info)
+    assert rows["length"] == "10 min budget (resumed at step 300)"
+    assert rows["batch"] == "4 streams x bptt 16, lr 0.003, 2 processes"
+    assert rows["model"].startswith("2 x LSTM(16), embed 8")
+
+
+def _render(env_extra: dict) -> str:
+    code = (
+        "from charlstm import ui\n"
+        "ui.show_table('title', {'key': 'value'})\n"
+        "ui.error('something failed')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**env, **env_extra}, check=True)  # fmt: skip
+    return proc.stderr
+
+
+def test_no_color_means_no_escape_codes_at_all():
+    """Rich alone drops colours under NO_COLOR but keeps bold and italic."""
+    assert "\x1b[" in _render({"FORCE_COLOR": "1"})  # a terminal gets styles...
+    plain = _render({"FORCE_COLOR": "1", "NO_COLOR": "1"})  # ...unless NO_COLOR is set
+    assert "\x1b[" not in plain and "error: something failed" in plain
+    assert "\x1b[" not in _render({})  # and a pipe never gets them
