@@ -435,7 +435,8 @@ def bench_train(ctx: BenchContext, report: BenchReport) -> None:
     for name in ctx.presets:
         p = PRESETS[name]
         cfg = ModelConfig(
-            ctx.dataset.vocab.size, p["embed_size"], p["hidden_size"], p["num_layers"], p["dropout"]
+            vocab_size=ctx.dataset.vocab.size,
+            **{k: p[k] for k in ("embed_size", "hidden_size", "num_layers", "dropout")},
         )
         B, T = p["batch_size"], p["bptt"]
         ctx.say(f"training speed, preset {name}")

@@ -18,7 +18,6 @@ upgrades such a file in memory, so old runs still evaluate, sample and resume.
 
 from __future__ import annotations
 
-import os
 import pickle
 import warnings
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from typing import Any
 
 import torch
 
+from charlstm.atomic import atomic_open
 from charlstm.config import ModelConfig
 from charlstm.errors import CharLSTMError
 from charlstm.model import CharLSTM
@@ -51,37 +51,13 @@ _V1_RUN_FIELDS = (
 )
 
 
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in `folder` durable (no-op where directories can't be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`.
 
     A crash at any instant leaves either the old file or the new one, never a torn one.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    with atomic_open(path) as f:
+        torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

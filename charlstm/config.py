@@ -137,13 +137,12 @@ class _Config:
 
 
 @dataclass(frozen=True)
-class ModelConfig(_Config):
-    """Embedding -> dropout -> num_layers x LSTM(hidden_size) -> dropout -> Linear(vocab)."""
+class _Architecture(_Config):
+    """The model's shape: the options `ModelConfig` and `TrainConfig` share."""
 
-    vocab_size: int = option(0, "Vocabulary size.", check=whole(1))
-    embed_size: int = option(128, "Embedding size.", flag="--embed", check=whole(1))
-    hidden_size: int = option(512, "LSTM hidden size.", flag="--hidden", check=whole(1))
     num_layers: int = option(2, "LSTM layers.", flag="--layers", check=whole(1))
+    hidden_size: int = option(512, "LSTM hidden size.", flag="--hidden", check=whole(1))
+    embed_size: int = option(128, "Embedding size.", flag="--embed", check=whole(1))
     dropout: float = option(0.1, "Dropout probability in [0, 1).", check=number(0, 1))
     tie_weights: bool = option(
         False, "Share embedding and output weights (needs --embed = --hidden)."
@@ -156,6 +155,13 @@ class ModelConfig(_Config):
                 f"{self.hidden_size})",
                 f"pass --embed {self.hidden_size}, or drop --tie-weights",
             )
+
+
+@dataclass(frozen=True)
+class ModelConfig(_Architecture):
+    """Embedding -> dropout -> num_layers x LSTM(hidden_size) -> dropout -> Linear(vocab)."""
+
+    vocab_size: int = option(0, "Vocabulary size.", check=whole(1))
 
 
 # Presets: model size and the optimisation settings that go with it. The default on a CPU is
@@ -210,21 +216,14 @@ def _is_cuda_index(v: str) -> bool:
 
 
 @dataclass(frozen=True)
-class TrainConfig(_Config):
-    """Everything that defines a training run besides the data. Unset length means 1 epoch."""
+class TrainConfig(_Architecture):
+    """Everything that defines a training run besides the data. Unset length means 1 epoch.
+    (The model's shape comes first, from `_Architecture`.)"""
 
     preset: str = option(
         CPU_DEFAULT_PRESET,
         "Model/optimizer preset; default small on CPU, medium on CUDA.",
         choices=tuple(PRESETS),
-    )
-    # the model
-    num_layers: int = option(2, "LSTM layers.", flag="--layers", check=whole(1))
-    hidden_size: int = option(512, "LSTM hidden size.", flag="--hidden", check=whole(1))
-    embed_size: int = option(128, "Embedding size.", flag="--embed", check=whole(1))
-    dropout: float = option(0.1, "Dropout probability in [0, 1).", check=number(0, 1))
-    tie_weights: bool = option(
-        False, "Share embedding and output weights (needs --embed = --hidden)."
     )
     # batches and optimisation
     bptt: int = option(128, "Truncated-BPTT window (characters).", check=whole(1))
@@ -291,7 +290,7 @@ class TrainConfig(_Config):
     )
 
     def validate(self) -> None:
-        self.model_config(1)
+        super().validate()
         lengths = [x for x in (self.steps, self.epochs, self.time_budget_min) if x is not None]
         if len(lengths) > 1:
             raise OptionError(
@@ -300,8 +299,8 @@ class TrainConfig(_Config):
             )
 
     def model_config(self, vocab_size: int) -> ModelConfig:
-        names = {f.name for f in fields(ModelConfig)} - {"vocab_size"}
-        return ModelConfig(vocab_size=vocab_size, **{n: getattr(self, n) for n in names})
+        shape = {f.name: getattr(self, f.name) for f in fields(_Architecture)}
+        return ModelConfig(vocab_size=vocab_size, **shape)
 
     def save_every_parsed(self) -> tuple[int | None, float | None]:
         """(every N steps, every M minutes): exactly one is set."""
@@ -319,8 +318,9 @@ class TrainConfig(_Config):
 
     @classmethod
     def options(cls) -> list:
-        """The fields that are command-line options, in declaration order."""
-        return [f for f in fields(cls) if "help" in f.metadata]
+        """The fields that are command-line options: the preset, then in declaration order."""
+        found = [f for f in fields(cls) if "help" in f.metadata]
+        return sorted(found, key=lambda f: f.name != "preset")
 
     @classmethod
     def resumable(cls) -> set[str]:

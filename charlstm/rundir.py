@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from charlstm.checkpoint import fsync_dir
+from charlstm.atomic import copy_file, write_text
 from charlstm.errors import CharLSTMError
 
 LAST, BEST, METRICS, CONFIG, CURVES = (
@@ -137,21 +137,11 @@ class RunDir:
             self.file(name).unlink(missing_ok=True)
 
     def write_config(self, record: dict) -> None:
-        write_atomic(self.file(CONFIG), json.dumps(record, indent=2) + "\n")
+        write_text(self.file(CONFIG), json.dumps(record, indent=2) + "\n")
 
     def promote_best(self) -> None:
-        """best.pt becomes a durable copy of last.pt: copy, fsync, rename, fsync the folder."""
-        tmp = self.file(f".{BEST}.tmp-{os.getpid()}")
-        try:
-            with open(self.file(LAST), "rb") as src, open(tmp, "wb") as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
-            os.replace(tmp, self.file(BEST))
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path)
+        """best.pt becomes a durable copy of last.pt (copy, fsync, rename, fsync the folder)."""
+        copy_file(self.file(LAST), self.file(BEST))
 
     @property
     def metrics(self) -> MetricsLog:
@@ -177,26 +167,12 @@ class MetricsLog:
                         keep.append(json.dumps(record))
                 except (ValueError, TypeError, AttributeError):
                     continue  # a line torn by a crash, or not ours
-        write_atomic(self.path, "".join(k + "\n" for k in keep))
+        write_text(self.path, "".join(k + "\n" for k in keep))
 
     def append(self, record: dict) -> None:
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write a small text file so a crash leaves the old or the new one, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def disk_full_error(e: OSError, path: Path, need_bytes: int, step: int) -> CharLSTMError | None:

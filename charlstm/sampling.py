@@ -232,23 +232,20 @@ def check_output(path: str | Path, force: bool = False) -> Path:
     return path
 
 
-def save_samples(texts: list[str], path: str | Path, *, as_json: bool = False,
-                 force: bool = False) -> Path:  # fmt: skip
+def save_samples(
+    texts: list[str], path: str | Path, *, as_json: bool = False, force: bool = False
+) -> Path:
     """Write samples to `path` atomically: a JSON list, or the texts separated by a blank line
     (each followed by a newline, as `charlstm sample` prints them)."""
     import json
 
     path = check_output(path, force)
+    from charlstm.atomic import write_text
+
     content = json.dumps(texts, ensure_ascii=False) + "\n" if as_json else format_samples(texts)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_text(path, content)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CharLSTMError(f"cannot write {path}: {e.strerror}") from None
     return path
 

@@ -2,6 +2,7 @@
 step on one thread)."""
 
 from charlstm.config import flag
+from charlstm.trainer import NullReporter
 
 # `charlstm.train` keyword arguments of the tiny model, before the ones a test adds
 TINY_KWARGS: dict = dict(preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4)
@@ -64,15 +65,12 @@ def random_checkpoint(
     return path
 
 
-class InterruptAt:
+class InterruptAt(NullReporter):
     """A reporter that presses Ctrl-C once the run has logged step `at` (the trainer's own
     graceful handler must be installed, or this would stop pytest)."""
 
     def __init__(self, at: int) -> None:
         self.at = at
-
-    def start(self, info):
-        pass
 
     def step(self, stats):
         import os
@@ -82,12 +80,3 @@ class InterruptAt:
             handler = signal.getsignal(signal.SIGINT)
             assert getattr(handler, "__self__", None).__class__.__name__ == "_Interrupt"
             os.kill(os.getpid(), signal.SIGINT)
-
-    def evaluated(self, stats):
-        pass
-
-    def message(self, text):
-        pass
-
-    def close(self):
-        pass
