@@ -31,7 +31,7 @@ _LAZY = {
     "TrainConfig": "charlstm.config",
     "CharLSTM": "charlstm.model",
     "train": "charlstm.trainer",
-    "TrainResult": "charlstm.trainer",
+    "TrainResult": "charlstm.progress",
     "evaluate": "charlstm.evaluation",
     "EvalResult": "charlstm.evaluation",
     "generate": "charlstm.sampling",
@@ -49,8 +49,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from charlstm.evaluation import EvalResult, evaluate
     from charlstm.model import CharLSTM
     from charlstm.prepare import TokenizeResult, tokenize
+    from charlstm.progress import TrainResult
     from charlstm.sampling import generate
-    from charlstm.trainer import TrainResult, train
+    from charlstm.trainer import train
     from charlstm.vocab import Vocab
 
 

@@ -259,6 +259,29 @@ def tokenize(
         vocab = Vocab.bytes(normalize, lowercase)
     else:
         vocab = Vocab(vocab.level, vocab.chars, normalize, lowercase)
+    chars = _split_sizes(src, n, val_frac, test_frac)
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "source": str(src.path),
+        "source_files": len(src.files),
+        "source_bytes": src.size_bytes,
+        "sha256": sha,
+        "level": level,
+        "normalize": normalize,
+        "lowercase": lowercase,
+        "val_frac": val_frac,
+        "test_frac": test_frac,
+        "vocab_size": vocab.size,
+        "dtype": vocab.dtype.name,
+        "chars": chars,
+    }
+    _write_folder(out, meta, vocab, _encode_pieces(src, vocab, normalizer))
+    return TokenizeResult(out, vocab, chars, src.size_bytes, sha, time.perf_counter() - start)
+
+
+def _split_sizes(src: Source, n: int, val_frac: float, test_frac: float) -> dict[str, int]:
+    """Characters per split (and in total); a split asked for must not come out empty."""
     if n == 0:
         raise CharLSTMError(f"corpus {src.path} has no characters after normalization")
     train_end, val_end = split_bounds(n, val_frac, test_frac)
@@ -270,33 +293,23 @@ def tokenize(
                 f"--test-frac {test_frac})",
                 "use a bigger corpus or change the fractions",
             )
+    return chars
 
+
+def _write_folder(out: Path, meta: dict, vocab: Vocab, ids_stream) -> None:
+    """Write the arrays, tokenizer.json and meta.json into a temporary folder beside `out`,
+    then swap it in; on any failure nothing is left behind and `out` is as it was."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CharLSTMError(f"cannot create {out.parent}: {e.strerror}") from None
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    chars = meta["chars"]
+    bounds = [chars["train"], chars["train"] + chars["val"], chars["total"]]
     try:
         tmp.mkdir()
-        bounds = [train_end, val_end, n]
-        _write_splits(tmp, _encode_pieces(src, vocab, normalizer), vocab.dtype, bounds)
+        _write_splits(tmp, ids_stream, vocab.dtype, bounds)
         vocab.save(tmp / "tokenizer.json")
-        meta = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "source": str(src.path),
-            "source_files": len(src.files),
-            "source_bytes": src.size_bytes,
-            "sha256": sha,
-            "level": level,
-            "normalize": normalize,
-            "lowercase": lowercase,
-            "val_frac": val_frac,
-            "test_frac": test_frac,
-            "vocab_size": vocab.size,
-            "dtype": vocab.dtype.name,
-            "chars": chars,
-        }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp, out)
     except OSError as e:
@@ -308,5 +321,3 @@ def tokenize(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    elapsed = time.perf_counter() - start
-    return TokenizeResult(out, vocab, chars, src.size_bytes, sha, elapsed)

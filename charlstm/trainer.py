@@ -12,8 +12,8 @@ states), so N ranks compute the same gradient as one process with batch B.
 
 Resume: the run folder is the whole truth. `last.pt` holds the run's configuration, the data
 it was trained on (folder and sha256) and its `RunState`; the model and optimizer are built
-from that configuration before anything else, and options given again must agree with it,
-except how long, how often and where (`TrainConfig.resumable()`).
+from that configuration before anything else (`charlstm.plan`), and options given again must
+agree with it, except how long, how often and where (`TrainConfig.resumable()`).
 """
 
 from __future__ import annotations
@@ -23,128 +23,44 @@ import signal
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from charlstm import distributed
 from charlstm.checkpoint import read_checkpoint, save_checkpoint
-from charlstm.config import ModelConfig, TrainConfig, flag, resolve_config
-from charlstm.data import Dataset, TrainStreams, data_name, load_dataset, resolve_dataset
+from charlstm.config import TrainConfig, resolve_config
+from charlstm.data import Dataset, TrainStreams, data_name
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.evaluation import metrics_from_nats, stream_count, stream_nats
 from charlstm.model import CharLSTM, repackage_state
+from charlstm.plan import (
+    LENGTHS,
+    default_out,
+    given_options,
+    on_rank0_first,
+    rank_device,
+    resume_config,
+    run_dataset,
+)
+from charlstm.progress import (
+    EvalStats,
+    NullReporter,
+    Reporter,
+    RunInfo,
+    StepStats,
+    TrainResult,
+)
 from charlstm.rundir import BEST, CURVES, LAST, METRICS, RUN_FILES, RunDir, disk_full_error
 from charlstm.runstate import RunState
 from charlstm.runtime import autocast, autocast_dtype, resolve_device
 
-LENGTHS = ("steps", "epochs", "time_budget_min")
+__all__ = ["EvalStats", "NullReporter", "Reporter", "RunInfo", "StepStats", "TrainResult", "train"]
 
 
-# -- what the loop reports --------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunInfo:
-    """What a run is, told once at its start."""
-
-    run_dir: Path
-    data: str
-    train_chars: int
-    val_chars: int
-    vocab_size: int
-    model: ModelConfig
-    params: int
-    batch_size: int
-    bptt: int
-    lr: float
-    processes: int
-    device: str
-    precision: str
-    compiled: bool
-    total_steps: int | None
-    budget_min: float | None
-    resumed_at: int | None  # the step a resumed run continues from
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """Where a run stands after a logged step (numbers only; `ui` formats them)."""
-
-    step: int
-    total_steps: int | None
-    elapsed_s: float  # of the whole run, earlier sessions included
-    budget_s: float | None
-    train_loss: float | None  # mean since the last log line
-    val_loss: float | None  # the last validation
-    lr: float
-    chars_per_s: float
-    skipped: int
-    eta_s: float | None  # to the end of the run, from this session's pace
-
-
-@dataclass(frozen=True)
-class EvalStats:
-    step: int
-    val_loss: float
-    improved: bool
-    streams: int
-
-
-class Reporter(Protocol):
-    """How the trainer talks to a human; `charlstm.ui.TrainProgress` draws it with Rich."""
-
-    def start(self, info: RunInfo) -> None: ...
-    def step(self, stats: StepStats) -> None: ...
-    def evaluated(self, stats: EvalStats) -> None: ...
-    def message(self, text: str) -> None: ...
-    def close(self) -> None: ...
-
-
-class NullReporter:
-    def start(self, info):
-        pass
-
-    def step(self, stats):
-        pass
-
-    def evaluated(self, stats):
-        pass
-
-    def message(self, text):
-        pass
-
-    def close(self):
-        pass
-
-
-@dataclass
-class TrainResult:
-    """What a finished (or interrupted) run achieved and where it put its files."""
-
-    run_dir: Path
-    steps: int
-    chars_seen: int
-    elapsed_s: float
-    params: int
-    chars_per_s: float
-    best_val_loss: float | None = None
-    last_val_loss: float | None = None
-    interrupted: bool = False
-    skipped_steps: int = 0
-    files: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def best_val_bpc(self) -> float | None:
-        return None if self.best_val_loss is None else self.best_val_loss / math.log(2)
-
-    @property
-    def best_val_perplexity(self) -> float | None:
-        return None if self.best_val_loss is None else math.exp(self.best_val_loss)
-
-
-# -- planning a run -------------------------------------------------------------------------------
 def train(
     data: str | Path | None = None,
     out: str | Path | None = None,
@@ -170,25 +86,25 @@ def train(
     reporter = reporter if (reporter is not None and dist.is_main) else NullReporter()
     if resume and force:
         raise OptionError("--resume and --force contradict each other", "pass one of them")
-    given = _given_options(config, preset, overrides)
+    given = given_options(config, preset, overrides)
     payload, run_dir = None, None
     if resume:
         preset_name = (
             given.get("preset") or resolve_config(None, given.get("device", "auto")).preset
         )
-        run_dir = RunDir(out if out is not None else _default_out(data_name(data), preset_name))
+        run_dir = RunDir(out if out is not None else default_out(data_name(data), preset_name))
         payload = read_checkpoint(run_dir.check_resumable())
         cfg = resume_config(payload, given)
     elif config is not None:
         cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     else:
         cfg = resolve_config(preset, **overrides)
-    device = resolve_device(_rank_device(cfg, dist) if dist.enabled else cfg.device)
+    device = resolve_device(rank_device(cfg, dist) if dist.enabled else cfg.device)
     distributed.init(dist, device)
     try:
-        dataset = _on_rank0_first(dist, lambda: _dataset(data, payload, allow_data_change))
+        dataset = on_rank0_first(dist, lambda: run_dataset(data, payload, allow_data_change))
         if run_dir is None:
-            run_dir = RunDir(out if out is not None else _default_out(dataset.name, cfg.preset))
+            run_dir = RunDir(out if out is not None else default_out(dataset.name, cfg.preset))
             run_dir.check_new(force)
         trainer = Trainer(cfg, dataset, run_dir, device, dist, reporter)
         if payload is not None:
@@ -200,97 +116,6 @@ def train(
     finally:
         reporter.close()
         distributed.shutdown(dist)
-
-
-def _given_options(config: TrainConfig | None, preset: str | None, overrides: dict) -> dict:
-    """The options the caller set explicitly (None means "not given")."""
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-    given = config.to_dict() if config is not None else {}
-    given.update({k: v for k, v in overrides.items() if v is not None})
-    if preset is not None:
-        given["preset"] = preset
-    return given
-
-
-def resume_config(payload: dict, given: dict[str, Any]) -> TrainConfig:
-    """The checkpoint's configuration with the options that may change on resume applied.
-
-    Any other option given must equal the checkpoint's value. A length given anew replaces
-    the run's length: `steps`/`epochs` are totals, `time_budget_min` is minutes more.
-    """
-    if "run" not in payload:
-        raise CharLSTMError(
-            "this checkpoint holds weights only, not a run's state: it cannot be resumed",
-            "resume from the last.pt of a charlstm train run",
-        )
-    saved = TrainConfig.from_dict(payload["train_config"])
-    resumable = TrainConfig.resumable()
-    changed = sorted(k for k, v in given.items() if k not in resumable and getattr(saved, k) != v)
-    if changed:
-        values = ", ".join(f"{flag(k)} {getattr(saved, k)}" for k in changed)
-        raise OptionError(
-            f"cannot change {', '.join(flag(k) for k in changed)} when resuming (this run has "
-            f"{values})",
-            "leave them out: a resumed run keeps its data, model and training options; start "
-            "a new run (--force, or another --out) to change them",
-        )
-    keep = {k: v for k, v in given.items() if k in resumable}
-    if set(LENGTHS) & set(keep):
-        keep = {**dict.fromkeys(LENGTHS), **keep}
-    if keep.get("time_budget_min") is not None:
-        keep["time_budget_min"] += payload["run"]["elapsed_s"] / 60
-    return replace(saved, **keep)
-
-
-def _dataset(data, payload: dict | None, allow_data_change: bool) -> Dataset:
-    """The data to train on: as given, or (resuming with no DATA) the run's recorded folder;
-    a resumed run's data must be the same text (sha256) and vocabulary."""
-    if payload is None:
-        return resolve_dataset(data)
-    recorded = payload.get("data") or {}
-    if data is None:
-        folder = recorded.get("folder")
-        if not folder or not (Path(folder) / "meta.json").is_file():
-            raise CharLSTMError(
-                f"the data this run was trained on is no longer at {folder}",
-                "pass DATA (the tokenized folder or the text) to continue on it",
-            )
-        dataset = load_dataset(folder, recorded.get("name"))
-    else:
-        dataset = resolve_dataset(data)
-    if dataset.sha256 != recorded.get("sha256") and not allow_data_change:
-        raise CharLSTMError(
-            f"the data differs from the data this run was trained on "
-            f"({recorded.get('name')}, sha256 {str(recorded.get('sha256'))[:12]}...)",
-            "pass the same data, or --allow-data-change to continue on this data",
-        )
-    if dataset.vocab.to_json() != payload["vocab"]:
-        raise CharLSTMError(
-            "the data's vocabulary differs from the checkpoint's",
-            "resume with the data the run was trained on",
-        )
-    return dataset
-
-
-def _on_rank0_first(dist: distributed.Dist, make):
-    """Rank 0 first (it may tokenize a raw corpus into the cache), then the others."""
-    value = make() if dist.is_main else None
-    dist.barrier()
-    return value if value is not None else make()
-
-
-def _default_out(name: str, preset: str) -> Path:
-    return Path("checkpoints") / f"{name}-{preset}"
-
-
-def _rank_device(config: TrainConfig, d: distributed.Dist) -> str:
-    """One GPU per rank (LOCAL_RANK) under torchrun; CPUs share the machine."""
-    if config.device in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{d.local_rank}"
-    return "cpu" if config.device == "auto" else config.device
 
 
 # -- schedule, optimizer, cadence ------------------------------------------------------------

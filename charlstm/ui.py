@@ -109,7 +109,7 @@ def fmt_loss(loss: float | None) -> str:
 
 
 class TrainProgress:
-    """Renders the trainer's reports (`charlstm.trainer.Reporter`): a live bar on a terminal,
+    """Renders the trainer's reports (`charlstm.progress.Reporter`): a live bar on a terminal,
     and elsewhere (a log file, a pipe, CI) a plain line every `line_every_s` seconds that reads
     like the bar: `step 120/500 (24%) ...` or `1.3/10.0 min ...`, ETA, losses, speed."""
 
@@ -171,7 +171,7 @@ class TrainProgress:
 
 
 def run_header(info) -> dict[str, str]:
-    """The table printed when a run starts (a `charlstm.trainer.RunInfo`)."""
+    """The table printed when a run starts (a `charlstm.progress.RunInfo`)."""
     m = info.model
     batch = f"{info.batch_size} streams x bptt {info.bptt}, lr {info.lr:g}"
     if info.processes > 1:

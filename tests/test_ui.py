@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from charlstm.config import ModelConfig
-from charlstm.trainer import RunInfo, StepStats
+from charlstm.progress import RunInfo, StepStats
 from charlstm.ui import fmt_duration, plain_progress_line, run_header, step_numbers
 
 

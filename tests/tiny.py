@@ -2,7 +2,7 @@
 step on one thread)."""
 
 from charlstm.config import flag
-from charlstm.trainer import NullReporter
+from charlstm.progress import NullReporter
 
 # `charlstm.train` keyword arguments of the tiny model, before the ones a test adds
 TINY_KWARGS: dict = dict(preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4)
