@@ -147,6 +147,14 @@ class _Architecture(_Config):
     tie_weights: bool = option(
         False, "Share embedding and output weights (needs --embed = --hidden)."
     )
+    weight_drop: float = option(
+        0.0,
+        "DropConnect on the recurrent weights in training (AWD-LSTM's weight drop).",
+        check=number(0, 1),
+    )
+    locked_dropout: bool = option(
+        False, "One dropout mask per stream, shared by all time steps of a window."
+    )
 
     def validate(self) -> None:
         if self.tie_weights and self.embed_size != self.hidden_size:

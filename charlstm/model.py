@@ -13,11 +13,19 @@ input x_t and carried state (h_{t-1}, c_{t-1}):
 `weight_ih_l{k}` stacks [W_ii; W_if; W_ig; W_io] (4H x input), `weight_hh_l{k}` the W_h* the same
 way, so the forget-gate slice of each bias is rows H:2H. Tensors are time-major: tokens (T, B),
 state h and c (num_layers, B, H).
+
+Regularisers of AWD-LSTM (Merity et al. 2018), in training only and keeping the fused kernel:
+`weight_drop` is DropConnect on every W_h* (one mask per window, shared by all time steps and
+streams), and `locked_dropout` makes every dropout mask one per stream and window, shared over
+time (variational dropout, Gal & Ghahramani 2016). Both run the layers one at a time through
+the same fused kernel nn.LSTM uses (`torch._VF.lstm`), on nn.LSTM's own parameters, so a
+checkpoint does not change and evaluation is the plain nn.LSTM call.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from charlstm.config import ModelConfig
@@ -85,9 +93,50 @@ class CharLSTM(nn.Module):
         self, tokens: torch.Tensor, state: State | None = None
     ) -> tuple[torch.Tensor, State]:
         """tokens (T, B) -> logits (T, B, vocab), and the state after the last step."""
-        x = self.drop(self.embedding(tokens))
-        out, state = self.lstm(x, state)
+        x = self.embedding(tokens)
+        cfg = self.config
+        if self.training and (cfg.weight_drop > 0 or cfg.locked_dropout):
+            out, state = self._regularised_lstm(x, state)
+            return self.head(self._dropout(out)), state
+        out, state = self.lstm(self.drop(x), state)
         return self.head(self.drop(out)), state
+
+    def _dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Dropout in training: a fresh mask per element, or with `locked_dropout` one mask per
+        stream shared by every time step of the window."""
+        p = self.config.dropout
+        if not self.training or p == 0:
+            return x
+        if not self.config.locked_dropout:
+            return F.dropout(x, p, training=True)
+        mask = x.new_empty(1, *x.shape[1:]).bernoulli_(1 - p).div_(1 - p)
+        return x * mask
+
+    def _regularised_lstm(self, x: torch.Tensor, state: State | None) -> tuple[torch.Tensor, State]:
+        """The LSTM one layer at a time (each layer still one fused kernel call), with
+        DropConnect on the recurrent weights and our dropout between layers."""
+        cfg = self.config
+        if state is None:
+            state = self.init_state(x.shape[1], x.device, x.dtype)
+        x = self._dropout(x)
+        hs, cs = [], []
+        for k in range(cfg.num_layers):
+            w_hh = getattr(self.lstm, f"weight_hh_l{k}")
+            if cfg.weight_drop > 0:
+                w_hh = F.dropout(w_hh, cfg.weight_drop, training=True)
+            weights = [
+                getattr(self.lstm, f"weight_ih_l{k}"),
+                w_hh,
+                getattr(self.lstm, f"bias_ih_l{k}"),
+                getattr(self.lstm, f"bias_hh_l{k}"),
+            ]
+            hx = (state[0][k : k + 1], state[1][k : k + 1])
+            x, h, c = torch._VF.lstm(x, hx, weights, True, 1, 0.0, True, False, False)
+            hs.append(h)
+            cs.append(c)
+            if k < cfg.num_layers - 1:
+                x = self._dropout(x)
+        return x, (torch.cat(hs), torch.cat(cs))
 
 
 def repackage_state(state: State) -> State:

@@ -178,3 +178,36 @@ def test_window_two_gradient_depends_only_on_the_carried_values():
 
     for (name, a), (_, b) in zip(carried.named_parameters(), fresh.named_parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+# -- AWD-LSTM regularisers -----------------------------------------------------------------------
+def test_the_layer_by_layer_path_is_nn_lstm_when_nothing_is_dropped():
+    model = make_model(locked_dropout=True)  # dropout 0: the same function, one layer at a time
+    x, state = tokens(9, 4), (torch.randn(2, 4, H), torch.randn(2, 4, H))
+    model.train()
+    a, (ha, ca) = model(x, state)
+    model.eval()
+    b, (hb, cb) = model(x, state)
+    assert torch.equal(a, b) and torch.equal(ha, hb) and torch.equal(ca, cb)
+
+
+def test_locked_dropout_shares_one_mask_over_time():
+    model = make_model(dropout=0.5, locked_dropout=True).train()
+    dropped = model._dropout(torch.ones(6, 3, 10))
+    assert torch.equal(dropped, dropped[:1].expand_as(dropped))  # the same at every step
+    assert (dropped == 0).any() and (dropped == 2.0).any()
+    plain = make_model(dropout=0.5).train()._dropout(torch.ones(6, 3, 10))
+    assert not torch.equal(plain, plain[:1].expand_as(plain))
+
+
+def test_weight_drop_masks_the_recurrent_weights_in_training_only():
+    model = make_model(weight_drop=0.5, num_layers=1).train()
+    logits, _ = model(tokens(12, 5))
+    logits.square().sum().backward()
+    zero_hh = (model.lstm.weight_hh_l0.grad == 0).float().mean().item()
+    zero_ih = (model.lstm.weight_ih_l0.grad == 0).float().mean().item()
+    assert 0.35 < zero_hh < 0.65 and zero_ih < 0.05  # DropConnect on W_hh alone
+    model.eval()
+    first, _ = model(tokens(12, 5))
+    assert torch.equal(first, model(tokens(12, 5))[0])  # deterministic in evaluation
+    assert set(model.state_dict()) == set(make_model(num_layers=1).state_dict())
