@@ -656,6 +656,14 @@ def inspect_text(
     )
 
 
+def colour_range(values: np.ndarray) -> float:
+    """The |activation| that gets the strongest colour: the 99th percentile, so that a few
+    extreme values (a cell state can reach +-10 on a rare character) do not wash out the rest;
+    larger values saturate."""
+    top = float(np.percentile(np.abs(values), 99)) if len(values) else 0.0
+    return top or float(np.abs(values).max(initial=0.0)) or 1.0
+
+
 def default_cell(result: Inspection) -> tuple[Cell, Probe | None]:
     """The cell a neuron view opens on: the first one asked for; else the best cell of the
     first property (in PROPERTIES order: the long-range ones first) that some cell tracks

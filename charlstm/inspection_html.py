@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from charlstm.errors import CharLSTMError
-from charlstm.inspection import Cell, Inspection, default_cell
+from charlstm.inspection import Cell, Inspection, colour_range, default_cell
 
 CELLS_SHOWN_PER_PROBE = 3  # activations embedded per property (each ~1 byte a character)
 
@@ -49,7 +49,11 @@ def page_data(result: Inspection) -> dict:
         values = result.activation(cell)
         scale = float(np.abs(values).max()) or 1.0
         quantized = np.rint(values / scale * 127).astype(np.int8)
-        activations[_cell_key(cell)] = {"scale": scale, "data": _b64(quantized, "i1")}
+        activations[_cell_key(cell)] = {
+            "scale": scale,  # the values are data / 127 * scale
+            "range": colour_range(values),  # |value| of the strongest colour
+            "data": _b64(quantized, "i1"),
+        }
     against = None
     if result.against is not None:
         a = result.against

@@ -475,21 +475,23 @@ def _neuron_view(result, cells) -> list:
     table.add_column("best cells")
     table.add_column("what", style="dim")
     for p in result.probes:
-        best = (
-            "  ".join(f"{rc.cell.name} {rc.r:+.2f}" for rc in p.best[:3]) or "[dim]not in text[/]"
-        )
+        # no-break spaces: a cell and its r never wrap apart
+        best = "  ".join(f"{rc.cell.name} {rc.r:+.2f}".replace(" ", "\u00a0") for rc in p.best[:3])
+        best = best or "[dim]not in text[/]"
         table.add_row(p.name, fmt_int(p.support), best, escape(p.description))
     out = [_rule("neurons"), table]
+    from charlstm.inspection import colour_range
+
     for cell, why in cells:
         values = result.activation(cell)
-        scale = float(abs(values).max()) or 1.0
+        scale = colour_range(values)
         what = "cell state" if cell.kind == "c" else "output h"
         out += [
             _rule(f"{cell.name}: {what} of unit {cell.unit} in layer {cell.layer}" + why),
             _legend(
                 DIVERGE_STOPS,
                 [(-1, f"{-scale:.2f}"), (-0.5, ""), (0, "0"), (0.5, ""), (1, f"+{scale:.2f}")],
-                "its value after each character",
+                "its value after each character (beyond the ends: full colour)",
             ),
             _coloured_text(result.tokens, values / scale, DIVERGE_STOPS, 0.1),
         ]

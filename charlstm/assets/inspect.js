@@ -17,11 +17,11 @@ const topProbs = decode(D.topProbs, Uint16Array);
 const otherBits = D.against ? decode(D.against.bits, Float32Array) : null;
 
 const cellCache = {};
-function cellValues(key) {  // activations in [-1, 1] and the scale that undoes it
+function cellValues(key) {  // activations / scale, the scale, the |value| of full colour
   if (!cellCache[key]) {
     const c = D.cells[key], q = decode(c.data, Int8Array), v = new Float32Array(q.length);
     for (let i = 0; i < q.length; i++) v[i] = q[i] / 127;
-    cellCache[key] = {scale: c.scale, v: v};
+    cellCache[key] = {scale: c.scale, range: c.range, v: v};
   }
   return cellCache[key];
 }
@@ -218,9 +218,11 @@ function cellButtons(list) {
 function showNeurons() {
   const c = cellValues(cell), [kind, layer, unit] = cell.split("/");
   const what = kind === "c" ? "cell state c" : "output h";
-  legend(DIVERGE, -1, 1, [fmt(-c.scale, 2), "0", "+" + fmt(c.scale, 2)],
+  const clipped = c.range < c.scale ? "\u2264 " : "", more = c.range < c.scale ? "\u2265 " : "";
+  legend(DIVERGE, -1, 1, [clipped + fmt(-c.range, 2), "0", more + "+" + fmt(c.range, 2)],
     cellLabel(cell) + ": its " + what + " after each character (blue negative, red positive)");
-  paint(i => c.v[i], DIVERGE);
+  const gain = c.scale / c.range;
+  paint(i => c.v[i] * gain, DIVERGE);
   let tracked = null;
   for (const p of D.probes) {
     for (const b of p.best) {
@@ -243,7 +245,9 @@ function showNeurons() {
   }
   parts.push(el("h2", {text: "Cells that track the text"}),
     el("div", {class: "muted", text: "each property's best cells by |Pearson r| over this text"}));
-  for (const p of D.probes) {
+  const present = D.probes.filter(p => p.best.length);
+  const absent = D.probes.filter(p => !p.best.length);  // properties this text lacks: last
+  for (const p of present.concat(absent)) {
     const box = el("div", {class: "probe" + (p.best.length ? "" : " absent")},
       el("div", {}, el("span", {class: "name", text: p.name.replace(/_/g, " ")}),
         el("span", {class: "muted", text: "  " + p.description})));
@@ -270,7 +274,8 @@ function showCompare() {
   panel.replaceChildren(
     el("h2", {text: "This checkpoint"}), el("div", {class: "muted", text: shortPath(D.checkpoint)}),
     el("div", {class: "big", text: fmt(D.bpc, 3) + " bits/char"}),
-    el("h2", {text: "The other"}), el("div", {class: "muted", text: shortPath(D.against.checkpoint)}),
+    el("h2", {text: "The other"}),
+    el("div", {class: "muted", text: shortPath(D.against.checkpoint)}),
     el("div", {class: "big", text: fmt(D.against.bpc, 3) + " bits/char"}),
     el("h2", {text: "Character by character"}),
     stat("this one better", pct(better / SCORED)),
@@ -298,7 +303,8 @@ function route() {  // #surprisal, #neurons, #neurons/c/1/42, #compare
 (function init() {
   const excerpt = D.excerpt ? " (its first " + N.toLocaleString() + " characters)" : "";
   document.getElementById("meta").append(
-    el("b", {text: shortPath(D.checkpoint)}), " \u00b7 " + D.model + " \u00b7 " + D.source +
+    el("b", {text: shortPath(D.checkpoint)}), " \u00b7 " + D.model + " \u00b7 " +
+    D.source.split(/[\\/]/).pop() +
     excerpt + " \u00b7 ", el("b", {text: fmt(D.bpc, 3) + " bits/char"}),
     D.skipped ? " \u00b7 " + D.skipped + " unknown characters skipped" : "");
   if (!D.against) {
