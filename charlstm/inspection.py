@@ -358,22 +358,20 @@ def text_properties(tokens: Sequence[str]) -> dict[str, np.ndarray]:
     return {name: np.asarray(v, dtype=np.float32) for name, v in values.items()}
 
 
-def correlations(values: np.ndarray, c: np.ndarray, h: np.ndarray) -> np.ndarray | None:
-    """Pearson r of `values` (n,) with every cell of c and h (n, layers, hidden), shape
-    (2, layers, hidden); None when `values` is constant. A cell that never changes scores 0."""
-    v = values.astype(np.float64) - values.mean()
-    norm = np.sqrt((v * v).sum())
-    if norm == 0 or len(values) < 2:
-        return None
-    v /= norm
-    out = []
-    for states in (c, h):
-        a = states.reshape(len(values), -1).astype(np.float64)
-        a = a - a.mean(0)
-        scale = np.sqrt((a * a).sum(0))
-        r = (v @ a) / np.where(scale > 0, scale, np.inf)
-        out.append(r.reshape(states.shape[1:]))
-    return np.stack(out).astype(np.float32)
+def correlations(properties: np.ndarray, c: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Pearson r of each row of `properties` (P, n) with every cell of c and h (n, layers,
+    hidden): shape (P, 2, layers, hidden). A constant property or a cell that never changes
+    scores 0. The activations are standardized once and met by one matrix product."""
+    n = properties.shape[1]
+    cells = np.concatenate([c.reshape(n, -1), h.reshape(n, -1)], axis=1)
+    cells = cells - cells.mean(0, dtype=np.float64).astype(np.float32)
+    cell_norm = np.sqrt(np.einsum("ij,ij->j", cells, cells, dtype=np.float64))
+    props = properties.astype(np.float64)
+    props -= props.mean(1, keepdims=True)
+    prop_norm = np.sqrt((props * props).sum(1, keepdims=True))
+    props = (props / np.where(prop_norm > 0, prop_norm, np.inf)).astype(np.float32)
+    r = (props @ cells) / np.where(cell_norm > 0, cell_norm, np.inf).astype(np.float32)
+    return np.clip(r, -1, 1).reshape(len(properties), 2, *c.shape[1:])
 
 
 def rank_cells(corr: np.ndarray, count: int = CELLS_PER_PROBE) -> list[RankedCell]:
@@ -390,17 +388,19 @@ def rank_cells(corr: np.ndarray, count: int = CELLS_PER_PROBE) -> list[RankedCel
 
 def probe_cells(tokens: Sequence[str], c: np.ndarray, h: np.ndarray) -> list[Probe]:
     """Every property of PROPERTIES with all cells' correlations and the best cells."""
+    values = text_properties(tokens)
+    corr = correlations(np.stack(list(values.values())), c, h)
     probes = []
-    for name, values in text_properties(tokens).items():
-        corr = correlations(values, c, h)
+    for (name, v), r in zip(values.items(), corr, strict=True):
+        constant = len(v) < 2 or bool((v == v[0]).all())
         probes.append(
             Probe(
                 name,
                 PROPERTIES[name],
-                values,
-                int(np.count_nonzero(values)),
-                corr,
-                rank_cells(corr) if corr is not None else [],
+                v,
+                int(np.count_nonzero(v)),
+                None if constant else r,
+                [] if constant else rank_cells(r),
             )
         )
     return probes
