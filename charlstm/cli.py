@@ -655,6 +655,7 @@ def inspect_(
         typer.Option(
             help="Show this cell: LAYER:UNIT (0-based; both its c and h) or LAYER:UNIT:c / :h. "
             "Repeat for more.",
+            metavar="LAYER:UNIT",
             show_default=False,
         ),
     ] = None,

@@ -619,7 +619,10 @@ def inspect_text(
         cells += [c for c in parse_neuron(spec, cfg.num_layers, cfg.hidden_size) if c not in cells]
     other = None
     if against is not None:
-        other = against if isinstance(against, Checkpoint) else load_checkpoint(against, dev)
+        try:
+            other = against if isinstance(against, Checkpoint) else load_checkpoint(against, dev)
+        except CharLSTMError as e:
+            raise CharLSTMError(f"--against: {e.message}", e.hint) from None
         _check_same_vocab(ckpt, other, other.path)
     skipped = 0
     if given:

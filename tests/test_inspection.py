@@ -117,7 +117,13 @@ def test_top_guesses_and_rank_are_the_models_distribution(ckpt_path):
     np.testing.assert_array_equal(result.rank[1:], expected_rank)
 
 
-def test_default_text_is_the_start_of_the_val_split(tmp_path, vocab):
+def load_dataset_vocab(folder) -> Vocab:
+    from charlstm.data import load_dataset
+
+    return load_dataset(folder).vocab
+
+
+def test_default_text_is_the_start_of_the_val_split(tmp_path):
     source = tmp_path / "corpus.txt"
     source.write_text(corpus_text(900) * 5, encoding="utf-8")
     data = tokenize(source, tmp_path / "tok").out
@@ -133,12 +139,6 @@ def test_default_text_is_the_start_of_the_val_split(tmp_path, vocab):
     nats, count = stream_nats(load_checkpoint(path).model, val[:100], 1)
     short = inspect_text(path, limit=100, device="cpu")
     assert short.chars == count and np.nansum(short.nats) == pytest.approx(nats, abs=1e-5)
-
-
-def load_dataset_vocab(folder) -> Vocab:
-    from charlstm.data import load_dataset
-
-    return load_dataset(folder).vocab
 
 
 def quote_tracking_model(vocab: Vocab, unit: int = 3) -> CharLSTM:
@@ -185,7 +185,9 @@ def test_a_cell_planted_to_track_quotes_is_ranked_first(tmp_path, vocab):
     # the planted cell is on exactly inside quotes
     np.testing.assert_allclose(result.activation(Cell(1, 3, "c")), quotes.values, atol=0.01)
     assert quotes.corr.shape == (2, 2, 8)
-    assert abs(quotes.corr[0, 1, 3]) == pytest.approx(abs(best.r)) or best.cell.kind == "h"
+    assert quotes.corr[0, 1, 3] > 0.99 and quotes.corr[1, 1, 3] > 0.99  # its c and its h
+    others = np.abs(quotes.corr).ravel()
+    assert np.sort(others)[-3] < 0.9  # and no other cell comes close
 
 
 def test_text_properties_by_hand():
@@ -338,6 +340,7 @@ def test_cli_html_is_written_and_never_overwritten_by_accident(ckpt_path, text_f
         ("unit", ["no unit 99", "units 0-23"]),
         ("spec", ["not LAYER:UNIT"]),
         ("vocabulary", ["--against", "another vocabulary"]),
+        ("no other", ["--against: checkpoint not found"]),
         ("both", ["not both"]),
         ("compare", ["--against"]),
     ],
@@ -364,6 +367,8 @@ def test_cli_bad_inputs_one_line_exit_1_nothing_written(
     elif case == "vocabulary":
         other = random_checkpoint(tmp_path / "bytes.pt", Vocab.bytes(), hidden_size=8)
         args += [text_file, "--against", other]
+    elif case == "no other":
+        args += [text_file, "--against", tmp_path / "missing.pt"]
     elif case == "both":
         args += [text_file, "--prime", "the cat"]
     elif case == "compare":

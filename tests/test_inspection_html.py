@@ -20,7 +20,7 @@ from charlstm.inspection import inspect_text
 from charlstm.inspection_html import page_data, render_html, write_html
 from charlstm.vocab import Vocab
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # bench/headless.py
 from headless import capture, find_chromium  # noqa: E402
 
 TEXT = 'ROMEO:\nShe said "the cat (the red one) sat", and LEFT.\n\n' + word_text(2000, seed=1)
