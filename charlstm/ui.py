@@ -470,13 +470,12 @@ def _neuron_view(result, cells) -> list:
         box=None,
         padding=(0, 2),
     )
-    table.add_column("property")
+    table.add_column("property", no_wrap=True)
     table.add_column("chars", justify="right")
-    table.add_column("best cells")
+    table.add_column("best cells", no_wrap=True)  # a cell and its r never wrap apart
     table.add_column("what", style="dim")
-    for p in result.probes:
-        # no-break spaces: a cell and its r never wrap apart
-        best = "  ".join(f"{rc.cell.name} {rc.r:+.2f}".replace(" ", "\u00a0") for rc in p.best[:3])
+    for p in sorted(result.probes, key=lambda p: not p.best):  # absent properties last
+        best = "  ".join(f"{rc.cell.name} {rc.r:+.2f}" for rc in p.best[:3])
         best = best or "[dim]not in text[/]"
         table.add_row(p.name, fmt_int(p.support), best, escape(p.description))
     out = [_rule("neurons"), table]
