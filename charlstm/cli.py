@@ -683,7 +683,7 @@ def inspect_(
     pager: Annotated[
         bool, typer.Option("--pager/--no-pager", help="Page long output on a terminal.")
     ] = True,
-    device: DeviceOption = Device.auto,
+    device: DeviceOption = "auto",
 ) -> None:
     """See what the model learned: each character's surprisal with the model's top guesses,
     cells that track quotes, brackets, line position and more, and a comparison of two
@@ -718,7 +718,7 @@ def inspect_(
         unknown=unknown.value,
         against=against,
         neurons=neuron or (),
-        device=device.value,
+        device=getattr(device, "value", device),  # an Enum member or its str
     )
     if html is not None:
         size = _run(write_html, result, html, force)
