@@ -199,9 +199,9 @@ def _cell_states(layer, x, h_prev0, c_prev0, out):
     """The cell states c_t of one LSTM layer for a window, recomputed from its gates.
 
     x (T, 1, in) the layer's inputs, out (T, 1, H) its outputs h_t, (h_prev0, c_prev0) the
-    state before the window. The gates need h_{t-1}, which `out` provides, so the four
-    matrix products run over the whole window at once; only the elementwise recurrence
-    c_t = f_t c_{t-1} + i_t g_t is a loop over time.
+    state before the window. The gates need h_{t-1}, which `out` provides, so their
+    pre-activations for the whole window are two matrix products; only the elementwise
+    recurrence c_t = f_t c_{t-1} + i_t g_t is a loop over time (one fused addcmul a step).
     """
     import torch
 
