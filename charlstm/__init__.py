@@ -7,6 +7,7 @@ The library API (every CLI command is a thin layer over one of these)::
     run = charlstm.train(data.out, out="checkpoints/demo", steps=200)
     charlstm.evaluate("checkpoints/demo/best.pt")
     charlstm.generate("checkpoints/demo/best.pt", prime="ROMEO:", length=200)
+    charlstm.inspect_text("checkpoints/demo/best.pt", "ROMEO: \"Hark!\"").bits
 
 Heavy modules (torch) load on first use, so ``import charlstm`` stays fast. The modules are
 named for their job (prepare, trainer, evaluation, sampling) so that they never shadow the
@@ -38,6 +39,9 @@ _LAZY = {
     "load_checkpoint": "charlstm.checkpoint",
     "Checkpoint": "charlstm.checkpoint",
     "bundled_corpus": "charlstm.corpus",
+    "inspect_text": "charlstm.inspection",
+    "Inspection": "charlstm.inspection",
+    "write_html": "charlstm.inspection_html",
 }
 
 __all__ = ["CharLSTMError", "__version__", *_LAZY]
@@ -47,6 +51,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from charlstm.config import ModelConfig, TrainConfig
     from charlstm.corpus import bundled_corpus
     from charlstm.evaluation import EvalResult, evaluate
+    from charlstm.inspection import Inspection, inspect_text
+    from charlstm.inspection_html import write_html
     from charlstm.model import CharLSTM
     from charlstm.prepare import TokenizeResult, tokenize
     from charlstm.progress import TrainResult

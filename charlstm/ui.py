@@ -382,3 +382,271 @@ def show_paths(title: str, paths: Mapping[str, Path]) -> None:
 
 def flush() -> None:
     sys.stderr.flush()
+
+
+# -- charlstm inspect ---------------------------------------------------------------------------
+# colour stops (value, (r, g, b)) shared in spirit with the HTML page of charlstm.inspection_html
+SURPRISE_STOPS = [(0, (255, 255, 255)), (1, (255, 244, 189)), (2, (255, 214, 112)),
+                  (4, (247, 141, 90)), (6, (214, 47, 47)), (9, (110, 8, 20))]  # fmt: skip
+DIVERGE_STOPS = [(-1, (33, 102, 172)), (-0.5, (146, 197, 222)), (0, (247, 247, 247)),
+                 (0.5, (244, 165, 130)), (1, (178, 24, 43))]  # fmt: skip
+COMPARE_STOPS = [(-4, (27, 120, 55)), (-1.5, (166, 219, 160)), (0, (247, 247, 247)),
+                 (1.5, (194, 165, 207)), (4, (118, 42, 131))]  # fmt: skip
+
+
+def _ramp(stops, x: float) -> tuple[int, int, int] | None:
+    if not math.isfinite(x):
+        return None
+    if x <= stops[0][0]:
+        return stops[0][1]
+    for (x0, c0), (x1, c1) in zip(stops[:-1], stops[1:], strict=True):
+        if x <= x1:
+            t = (x - x0) / (x1 - x0)
+            return tuple(round(a + t * (b - a)) for a, b in zip(c0, c1, strict=True))
+    return stops[-1][1]
+
+
+def _cell_style(stops, x: float):
+    """Background from the scale, black or white ink for contrast."""
+    from rich.color import Color
+    from rich.style import Style
+
+    rgb = _ramp(stops, x)
+    if rgb is None:
+        return Style(dim=True)
+    dark = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2] < 135
+    return Style(bgcolor=Color.from_rgb(*rgb), color="white" if dark else "black")
+
+
+def _coloured_text(tokens, values, stops, step: float):
+    """The text with each character's background coloured by its value (quantized to `step`
+    so neighbours share a style and the escape codes stay few). Newlines show as ↵."""
+    from rich.text import Text
+
+    text = Text()
+    cache: dict = {}
+    for token, value in zip(tokens, values, strict=True):
+        key = round(value / step) if math.isfinite(value) else None
+        style = cache.get(key)
+        if style is None:
+            style = cache[key] = _cell_style(stops, key * step if key is not None else math.nan)
+        if token == "\n":
+            text.append("↵", style)
+            text.append("\n")
+        else:
+            text.append(token, style)
+    return text
+
+
+def _legend(stops, ticks, caption: str):
+    """A row of coloured blocks with their values, then what they mean."""
+    from rich.text import Text
+
+    legend = Text()
+    for value, label in ticks:
+        legend.append(f" {label} ", _cell_style(stops, value))
+    legend.append(f"  {caption}", style="dim")
+    return legend
+
+
+def _visible(symbol: str) -> str:
+    return {" ": "␣", "\n": "↵", "\t": "⇥", "": "(byte)"}.get(symbol, symbol)
+
+
+def _context(result, i: int, before: int = 18) -> str:
+    text = "".join(result.tokens[max(0, i - before) : i]).replace("\n", "↵")
+    return text[-before:]
+
+
+def _rule(title: str):
+    from rich.rule import Rule
+
+    return Rule(f"[bold]{title}[/]", align="left", style="dim")
+
+
+def _surprisal_view(result) -> list:
+    from rich.markup import escape
+
+    bits = result.bits
+    out = [
+        _rule("surprisal"),
+        _legend(
+            SURPRISE_STOPS,
+            [(v, str(v)) for v in (0, 1, 2, 3, 4, 6, 8)],
+            "bits per character (-log2 p of the character that came)",
+        ),
+        _coloured_text(result.tokens, bits, SURPRISE_STOPS, 0.5),
+    ]
+    scored = max(1, result.chars)
+    rank, k = result.rank[1:], result.top_ids.shape[1]
+    out.append(
+        key_value_table(
+            "",
+            {
+                "bits per char": f"{result.bpc:.4f}  ({result.loss:.4f} nats/char, as "
+                "charlstm eval --batch-size 1)",
+                "characters scored": fmt_int(result.chars),
+                "first guess right": f"{(rank == 1).sum() / scored:.1%}",
+                f"in the top {k}": f"{(rank <= k).sum() / scored:.1%}",
+            },
+        )
+    )
+    spans = Table(title="most surprising spans", title_justify="left", box=None, padding=(0, 2))
+    spans.add_column("at", justify="right")
+    spans.add_column("bits", justify="right")
+    spans.add_column("text")
+    for s in result.surprising_spans():
+        spans.add_row(fmt_int(s.start), f"{s.bits:.1f}", escape(s.text.replace("\n", "↵")))
+    out.append(spans)
+    guesses = Table(
+        title=f"most surprising characters and the model's top {result.top_ids.shape[1]} guesses",
+        title_justify="left",
+        box=None,
+        padding=(0, 1),
+    )
+    guesses.add_column("at", justify="right")
+    guesses.add_column("context", justify="right", no_wrap=True)
+    guesses.add_column("got", style="bold red")
+    guesses.add_column("bits", justify="right")
+    guesses.add_column("expected")
+    for i in result.surprising_chars(10):
+        expected = "  ".join(
+            f"{_visible(result.symbols[j])} {p:.0%}"
+            for j, p in zip(result.top_ids[i], result.top_probs[i], strict=True)
+        )
+        guesses.add_row(
+            fmt_int(i),
+            escape(_context(result, i)),
+            escape(_visible(result.tokens[i])),
+            f"{bits[i]:.1f}",
+            escape(expected),
+        )
+    out.append(guesses)
+    return out
+
+
+def _neuron_view(result, cells) -> list:
+    from rich.markup import escape
+
+    table = Table(
+        title="cells that track the text (best |Pearson r| over this text; c: cell state, "
+        "h: output; layer:unit)",
+        title_justify="left",
+        box=None,
+        padding=(0, 2),
+    )
+    table.add_column("property", no_wrap=True)
+    table.add_column("chars", justify="right")
+    table.add_column("best cells", no_wrap=True)  # a cell and its r never wrap apart
+    table.add_column("what", style="dim")
+    for p in sorted(result.probes, key=lambda p: not p.best):  # absent properties last
+        best = "  ".join(f"{rc.cell.name} {rc.r:+.2f}" for rc in p.best[:3])
+        best = best or "[dim]not in text[/]"
+        table.add_row(p.name, fmt_int(p.support), best, escape(p.description))
+    out = [_rule("neurons"), table]
+    from charlstm.inspection import colour_range
+
+    for cell, why in cells:
+        values = result.activation(cell)
+        scale = colour_range(values)
+        what = "cell state" if cell.kind == "c" else "output h"
+        out += [
+            _rule(f"{cell.name}: {what} of unit {cell.unit} in layer {cell.layer}" + why),
+            _legend(
+                DIVERGE_STOPS,
+                [(-1, f"{-scale:.2f}"), (-0.5, ""), (0, "0"), (0.5, ""), (1, f"+{scale:.2f}")],
+                "its value after each character (beyond the ends: full colour)",
+            ),
+            _coloured_text(result.tokens, values / scale, DIVERGE_STOPS, 0.1),
+        ]
+    return out
+
+
+def _compare_view(result) -> list:
+    a = result.against
+    delta = a.delta_bits(result.nats)
+    scored = max(1, result.chars)
+    return [
+        _rule(f"comparison with {a.checkpoint}"),
+        _legend(
+            COMPARE_STOPS,
+            [(-4, "-4"), (-2, "-2"), (0, "0"), (2, "+2"), (4, "+4")],
+            "bits of this checkpoint minus the other's: green where this one is better",
+        ),
+        _coloured_text(result.tokens, delta, COMPARE_STOPS, 0.25),
+        key_value_table(
+            "",
+            {
+                "this checkpoint": f"{result.bpc:.4f} bits/char  {result.checkpoint}",
+                "the other": f"{a.bpc:.4f} bits/char  {a.checkpoint}",
+                "difference": f"{result.bpc - a.bpc:+.4f} bits/char",
+                "this one better on": f"{(delta[1:] < -0.01).sum() / scored:.1%} of characters",
+                "the other better on": f"{(delta[1:] > 0.01).sum() / scored:.1%} of characters",
+            },
+        ),
+    ]
+
+
+class _StderrPager:
+    """Rich pager that runs `$PAGER` (default `less -R`) on the terminal stderr is attached to,
+    so stdout stays free for data; prints plainly if the pager cannot start."""
+
+    def show(self, content: str) -> None:
+        import shlex
+        import subprocess
+
+        env = dict(os.environ)
+        env.setdefault("LESS", "FRX")  # keep colours, quit if it fits, leave it on screen
+        command = shlex.split(env.get("PAGER") or "less") or ["less"]
+        try:
+            sys.stderr.flush()
+            subprocess.run(
+                command, input=content.encode(), stdout=sys.stderr.fileno(), env=env, check=False
+            )
+        except (OSError, ValueError, AttributeError):  # no pager, or stderr is not a file
+            sys.stderr.write(content)
+
+
+def show_inspection(result, views, page: bool = True) -> None:
+    """The views of `charlstm inspect` (surprisal, neurons, compare) on stderr, through a pager
+    when stderr is a terminal and `page`."""
+    from charlstm.inspection import default_cell
+
+    header = {
+        "checkpoint": f"{result.checkpoint} ({result.model})",
+        "text": result.source
+        + (f", the first {fmt_int(len(result.tokens))} characters" if result.excerpt else ""),
+        "bits per char": f"{result.bpc:.4f} over {fmt_int(result.chars)} characters",
+    }
+    if result.skipped:
+        header["skipped"] = f"{fmt_int(result.skipped)} unknown characters"
+    parts: list = [key_value_table("charlstm inspect", header)]
+    for view in views:
+        if view == "surprisal":
+            parts += _surprisal_view(result)
+        elif view == "neurons":
+            if result.neurons:
+                cells = [(cell, "") for cell in result.neurons]
+            else:
+                cells, seen = [], set()
+                for p in result.probes:
+                    if p.best and p.best[0].cell not in seen:
+                        seen.add(p.best[0].cell)
+                        cells.append((p.best[0].cell, f", tracks {p.name} (r {p.best[0].r:+.2f})"))
+                if not cells:
+                    cells = [(default_cell(result)[0], "")]
+            parts += _neuron_view(result, cells)
+        elif view == "compare" and result.against is not None:
+            parts += _compare_view(result)
+    if page and interactive() and not console.quiet:
+        with console.pager(pager=_StderrPager(), styles=True):
+            for part in parts:
+                console.print(part)
+    else:
+        for part in parts:
+            console.print(part)
+
+
+def show_inspect_summary(result) -> None:
+    """One line: the text's bits per char (when only a page or JSON was asked for)."""
+    info(f"{result.source}: {result.bpc:.4f} bits/char over {fmt_int(result.chars)} characters")

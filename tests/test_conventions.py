@@ -76,6 +76,7 @@ def test_every_command_has_help_with_an_example(run_cli):
         ["bench"],
         ["info"],
         ["report"],
+        ["inspect"],
         ["corpus", "get"],
         ["corpus", "list"],
     ):
