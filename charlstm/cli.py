@@ -718,10 +718,10 @@ def inspect_(
 
     if text is not None and prime is not None:
         ui.error("give a TEXT file or --prime, not both")
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     if view and InspectView.compare in view and against is None:
         ui.error("--view compare needs --against OTHER.pt")
-        raise typer.Exit(1)
+        raise typer.Exit(2)
     if html is not None:
         _run(check_html_path, html, force)  # before any work: nothing is computed in vain
     given, file, source = prime, None, "--prime" if prime is not None else None
@@ -741,13 +741,13 @@ def inspect_(
         unknown=unknown.value,
         against=against,
         neurons=neuron or (),
-        device=getattr(device, "value", device),  # an Enum member or its str
+        device=device,
     )
     if html is not None:
         size = _run(write_html, result, html, force)
         ui.info(f"wrote {html} ({size / 1e6:.2f} MB): open it in a browser")
     if json_out:
-        print(json.dumps(to_dict(result)))
+        _emit(json.dumps(to_dict(result)) + "\n")
     views = [v.value for v in view] if view else []
     if not view and html is None and not json_out:
         views = ["compare"] if against is not None else []

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charlstm.errors import CharLSTMError
+from charlstm.errors import CharLSTMError, OptionError
 
 DEFAULT_EXCERPT = 3_000  # characters of the val split shown when no text is given
 DEFAULT_LIMIT = 10_000  # the most characters of a given text (activations grow with it)
@@ -443,7 +443,7 @@ def parse_neuron(spec: str | tuple | Cell, num_layers: int, hidden_size: int) ->
     else:
         m = _NEURON.match(str(spec))
         if not m:
-            raise CharLSTMError(
+            raise OptionError(
                 f"--neuron {spec!r} is not LAYER:UNIT",
                 "write e.g. --neuron 0:42 (both c and h) or --neuron 1:7:c",
             )
@@ -453,7 +453,7 @@ def parse_neuron(spec: str | tuple | Cell, num_layers: int, hidden_size: int) ->
     size = f"this model has layers 0-{num_layers - 1} and units 0-{hidden_size - 1}"
     for cell in cells:
         if cell.kind not in KINDS:
-            raise CharLSTMError(f"--neuron kind {cell.kind!r} is not c or h")
+            raise OptionError(f"--neuron kind {cell.kind!r} is not c or h")
         if not 0 <= cell.layer < num_layers:
             raise CharLSTMError(f"--neuron {spec}: there is no layer {cell.layer}", size)
         if not 0 <= cell.unit < hidden_size:

@@ -272,8 +272,8 @@ def cli(*args: object, input: str | None = None):
     return CliRunner().invoke(charlstm.cli.app, [str(a) for a in args], input=input)
 
 
-def assert_one_line_error(result, *words: str) -> None:
-    assert result.exit_code == 1, (result.exit_code, result.stderr)
+def assert_one_line_error(result, *words: str, code: int = 1) -> None:
+    assert result.exit_code == code, (result.exit_code, result.stderr)
     assert result.stdout == ""
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -345,7 +345,7 @@ def test_cli_html_is_written_and_never_overwritten_by_accident(ckpt_path, text_f
         ("compare", ["--against"]),
     ],
 )
-def test_cli_bad_inputs_one_line_exit_1_nothing_written(
+def test_cli_bad_inputs_one_line_nothing_written(
     case, words, ckpt_path, tmp_path, text_file
 ):
     page = tmp_path / "out.html"
@@ -373,7 +373,10 @@ def test_cli_bad_inputs_one_line_exit_1_nothing_written(
         args += [text_file, "--prime", "the cat"]
     elif case == "compare":
         args += [text_file, "--view", "compare"]
-    assert_one_line_error(cli(*args), *words)
+    # a malformed or contradictory option is a usage error (2); the rest depend on the text
+    # or the checkpoint (1)
+    code = 2 if case in ("spec", "both", "compare") else 1
+    assert_one_line_error(cli(*args), *words, code=code)
     assert not page.exists()
 
 
