@@ -7,6 +7,7 @@ The library API (every CLI command is a thin layer over one of these)::
     run = charlstm.train(data.out, out="checkpoints/demo", steps=200)
     charlstm.evaluate("checkpoints/demo/best.pt")
     charlstm.generate("checkpoints/demo/best.pt", prime="ROMEO:", length=200)
+    charlstm.export_web("checkpoints/demo/best.pt", out="demo-web")   # or export_onnx
 
 Heavy modules (torch) load on first use, so ``import charlstm`` stays fast. The modules are
 named for their job (prepare, trainer, evaluation, sampling) so that they never shadow the
@@ -38,6 +39,10 @@ _LAZY = {
     "load_checkpoint": "charlstm.checkpoint",
     "Checkpoint": "charlstm.checkpoint",
     "bundled_corpus": "charlstm.corpus",
+    "export_onnx": "charlstm.export",
+    "export_web": "charlstm.export",
+    "verify_onnx": "charlstm.export",
+    "ExportResult": "charlstm.export",
 }
 
 __all__ = ["CharLSTMError", "__version__", *_LAZY]
@@ -47,6 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from charlstm.config import ModelConfig, TrainConfig
     from charlstm.corpus import bundled_corpus
     from charlstm.evaluation import EvalResult, evaluate
+    from charlstm.export import ExportResult, export_onnx, export_web, verify_onnx
     from charlstm.model import CharLSTM
     from charlstm.prepare import TokenizeResult, tokenize
     from charlstm.sampling import generate
