@@ -408,6 +408,10 @@ def test_web_page_served_over_http(char_ckpt, byte_ckpt, run_cli, tmp_path):
     site = tmp_path / "site"
     exporting.export_web(char_ckpt, site / "char")
     exporting.export_web(byte_ckpt, site / "byte")
+    # NFKC + lowercase: the page normalizes the prime as the tokenizer does (ＣＡＦÉ -> café)
+    folded = Vocab("char", "".join(sorted(set(CHARS.lower()))), "nfkc", lowercase=True)
+    norm_ckpt = random_checkpoint(tmp_path / "norm.pt", folded, hidden_size=24, seed=2)
+    exporting.export_web(norm_ckpt, site / "norm")
     sampled = dict(prime=PRIME, length=200, temperature=0.9, top_p=0.95, autostart=1)
     frames = {
         "byte_greedy": "byte/index.html?" + _query(prime=PRIME, length=300, temperature=0,
@@ -420,6 +424,8 @@ def test_web_page_served_over_http(char_ckpt, byte_ckpt, run_cli, tmp_path):
         "char_no_prime": "char/index.html?" + _query(length=100, temperature=0, autostart=1),
         "char_unknown": "char/index.html?" + _query(prime="xyz", autostart=1),
         "char_bad_length": "char/index.html?" + _query(length=-1, autostart=1),
+        "norm_greedy": "norm/index.html?" + _query(prime="ＣＡＦÉ The", length=100,
+                                                   temperature=0, autostart=1),
     }  # fmt: skip
     tokens, ref_logits = torch_greedy_path(byte_ckpt, PRIME, 300)
     job = {"frames": frames, "probe": "byte_greedy", "tokens": tokens}
@@ -454,5 +460,7 @@ def test_web_page_served_over_http(char_ckpt, byte_ckpt, run_cli, tmp_path):
     unknown = results["char_unknown"]
     assert unknown["title"] == "error" and "3 character(s) the vocabulary lacks" in unknown["error"]
     assert results["char_bad_length"]["error"] == 'length must be a whole number >= 0, got "-1"'
+    norm = greedy_sample(run_cli, norm_ckpt, "ＣＡＦÉ The", length=100)
+    assert norm.startswith("café the") and results["norm_greedy"]["output"] == norm
     fetched = [p.split("?")[0] for p in _QuietHandler.requested]
     assert "/byte/weights.safetensors" in fetched and "/byte/weights.js" not in fetched

@@ -49,18 +49,22 @@
       const el = document.createElement("script");
       el.src = src;
       el.onload = resolve;
-      el.onerror = () => reject(new Error(`cannot load ${src}: keep it beside index.html`));
+      el.onerror = () => reject(new Error(`${src} is missing: keep it beside index.html`));
       document.head.appendChild(el);
     });
   }
 
   async function loadWeights(meta) {
+    let failed = "";
     if (location.protocol === "http:" || location.protocol === "https:") {
       const response = await fetch(meta.weights);
-      if (!response.ok) throw new Error(`cannot load ${meta.weights}: HTTP ${response.status}`);
-      return response.arrayBuffer();
+      if (response.ok) return response.arrayBuffer();
+      failed = `${meta.weights}: HTTP ${response.status}; `; // then try the base64 copy
     }
-    await loadScript(meta.weights_js); // file://: a <script> may load from disk, fetch() may not
+    // file://: a <script> may load from disk where fetch() may not
+    await loadScript(meta.weights_js).catch((e) => {
+      throw new Error(`cannot load the weights (${failed}${e.message})`);
+    });
     const buffer = base64ToBuffer(window.CHARLSTM_WEIGHTS_B64);
     delete window.CHARLSTM_WEIGHTS_B64;
     return buffer;
