@@ -157,6 +157,18 @@ def test_onnx_needs_the_extra(run_cli, char_ckpt, tmp_path, monkeypatch):
     assert not (tmp_path / "o").exists()
 
 
+def test_onnx_without_onnxruntime_exports_and_says_it_is_unverified(
+    run_cli, char_ckpt, tmp_path, monkeypatch
+):
+    pytest.importorskip("onnx", reason="onnx is not installed: pip install 'charlstm[export]'")
+    monkeypatch.setattr(exporting, "onnxruntime_available", lambda: False)
+    result = run_cli("export", char_ckpt, "--format", "onnx", "--out", tmp_path / "o", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert "onnxruntime is not installed: the export is not verified" in result.stderr
+    assert json.loads(result.stdout)["check"] is None
+    assert (tmp_path / "o" / "step.onnx").exists()
+
+
 # -- ONNX ----------------------------------------------------------------------------------------
 
 
