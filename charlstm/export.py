@@ -43,8 +43,8 @@ from charlstm.errors import CharLSTMError
 FORMATS = ("onnx", "web")
 EXPORT_FORMAT = "charlstm-export"
 EXPORT_FORMAT_VERSION = 1
-ONNX_OPSET = 17  # onnxruntime >= 1.13 and every maintained ONNX runtime run opset 17
-ONNX_IR_VERSION = 8  # the IR that opset 17 shipped with: older runtimes load it too
+ONNX_OPSET = 17  # ONNX 1.12 (2022): old enough for any maintained runtime
+ONNX_IR_VERSION = 8  # the IR that opset 17 shipped with (newer onnx would stamp a newer one)
 WEB_ASSETS = Path(__file__).parent / "web"
 
 
@@ -123,7 +123,8 @@ def check_out(out: Path, force: bool, checkpoint_path: Path | None = None) -> No
         if out.resolve() == ckpt or out.resolve() in ckpt.parents:
             raise CharLSTMError(
                 f"--out {out} holds the checkpoint {checkpoint_path}",
-                "export into a new folder, e.g. --out " + str(default_out(checkpoint_path, "web")),
+                "export into a folder of its own (the default is export-<format> beside the "
+                "checkpoint)",
             )
     if out.is_dir() and any(out.iterdir()):
         if not force:
@@ -179,8 +180,9 @@ def _write_folder(
 
 def _start_id(vocab) -> int:
     """The id `charlstm sample` feeds as context when there is no prime (a newline, else 0)."""
-    newline = vocab.encode_raw("\n")
-    return int(newline[0]) if len(newline) and newline[0] >= 0 else 0
+    from charlstm.sampling import _start_ids
+
+    return int(_start_ids(vocab, None)[0][0])
 
 
 def _meta(ckpt, fmt: str, files: dict) -> dict:

@@ -33,6 +33,7 @@ from charlstm.vocab import Vocab
 
 CHARS = "the cat sat on a mat.\nCafé naïve — 東京 😀!"
 PRIME = "Café 東京 😀 the"  # multi-byte characters of every UTF-8 length
+LONG_PRIME = CHARS * 60  # ~2,500 characters: the page reads it in slices, yielding between
 EXAMPLE = REPO / "examples" / "onnx_sample.py"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -436,6 +437,8 @@ def test_web_page_served_over_http(char_ckpt, byte_ckpt, run_cli, tmp_path):
         "char_no_prime": "char/index.html?" + _query(length=100, temperature=0, autostart=1),
         "char_unknown": "char/index.html?" + _query(prime="xyz", autostart=1),
         "char_bad_length": "char/index.html?" + _query(length=-1, autostart=1),
+        "char_long_prime": "char/index.html?" + _query(prime=LONG_PRIME, length=50,
+                                                       temperature=0, autostart=1),
         "norm_greedy": "norm/index.html?" + _query(prime="ＣＡＦÉ The", length=100,
                                                    temperature=0, autostart=1),
     }  # fmt: skip
@@ -472,6 +475,8 @@ def test_web_page_served_over_http(char_ckpt, byte_ckpt, run_cli, tmp_path):
     unknown = results["char_unknown"]
     assert unknown["title"] == "error" and "3 character(s) the vocabulary lacks" in unknown["error"]
     assert results["char_bad_length"]["error"] == 'length must be a whole number >= 0, got "-1"'
+    long_prime = greedy_sample(run_cli, char_ckpt, LONG_PRIME, length=50)
+    assert results["char_long_prime"]["output"] == long_prime
     norm = greedy_sample(run_cli, norm_ckpt, "ＣＡＦÉ The", length=100)
     assert norm.startswith("café the") and results["norm_greedy"]["output"] == norm
     fetched = [p.split("?")[0] for p in _QuietHandler.requested]

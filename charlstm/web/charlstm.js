@@ -189,7 +189,7 @@
 
     /** A function ids -> text for text produced piece by piece (holds back partial UTF-8). */
     streamDecoder() {
-      if (this.level === "char") return (ids) => String.fromCodePoint(...ids.map((id) => this.codepoints[id]));
+      if (this.level === "char") return (ids) => ids.map((id) => String.fromCodePoint(this.codepoints[id])).join("");
       const decoder = new TextDecoder("utf-8"); // invalid bytes become U+FFFD, as in Python
       return (ids) => decoder.decode(new Uint8Array(ids), { stream: true });
     }
@@ -288,9 +288,10 @@
   const nextTask = () => new Promise((resolve) => setTimeout(resolve, 0));
 
   /** Generate `length` characters after the prime, calling onText(piece) as text appears and
-      yielding to the browser every few milliseconds so the page stays live. Resolves to
-      {text, chars, seconds}. `shouldStop()` ends it early. */
-  async function generate(model, vocab, opts, onText, shouldStop = () => false) {
+      onProgress({...}) after each slice, yielding to the browser every few milliseconds so
+      the page stays live. Resolves to {text, chars, seconds} (seconds: the generation, after
+      the prime). `shouldStop()` ends it early. */
+  async function generate(model, vocab, opts, onText, shouldStop = () => false, onProgress = () => {}) {
     const decode = vocab.streamDecoder();
     let text = "";
     const emit = (ids) => {
@@ -307,8 +308,17 @@
     const random = seededRandom(opts.seed ?? crypto.getRandomValues(new Uint32Array(1))[0]);
     const state = model.zeroState();
     const logits = new Float32Array(model.V);
+    let fed = 0;
+    while (fed < ids.length) {
+      if (shouldStop()) return { text, chars: 0, seconds: 0 };
+      const sliceEnd = performance.now() + 30;
+      while (fed < ids.length && performance.now() < sliceEnd) model.step(ids[fed++], state, logits);
+      if (fed < ids.length) {
+        onProgress({ primeDone: fed, primeTotal: ids.length });
+        await nextTask();
+      }
+    }
     const start = performance.now();
-    for (const id of ids) model.step(id, state, logits);
     let done = 0;
     while (done < opts.length && !shouldStop()) {
       const sliceEnd = performance.now() + 30;
@@ -320,6 +330,7 @@
         if (done < opts.length) model.step(id, state, logits);
       }
       emit(pieceIds);
+      onProgress({ chars: done, seconds: (performance.now() - start) / 1000 });
       await nextTask();
     }
     return { text, chars: done, seconds: (performance.now() - start) / 1000 };
@@ -359,8 +370,13 @@
     $("generate").disabled = true;
     $("stop").disabled = false;
     try {
-      const result = await generate(model, vocab, opts, (piece) => output.append(piece), () => stopRequested);
-      const rate = result.seconds > 0 ? Math.round(result.chars / result.seconds) : 0;
+      const rateOf = (chars, seconds) => (seconds > 0 ? Math.round(chars / seconds) : 0);
+      const progress = (p) =>
+        status(p.primeTotal
+          ? `reading the prime: ${p.primeDone.toLocaleString("en")} of ${p.primeTotal.toLocaleString("en")} characters`
+          : `${p.chars.toLocaleString("en")} characters, ${rateOf(p.chars, p.seconds).toLocaleString("en")} chars/s`);
+      const result = await generate(model, vocab, opts, (piece) => output.append(piece), () => stopRequested, progress);
+      const rate = rateOf(result.chars, result.seconds);
       status(`${result.chars} characters in ${result.seconds.toFixed(2)} s (${rate.toLocaleString("en")} chars/s)`);
       output.dataset.charsPerS = String(rate);
       if (autostart) document.title = "done";
