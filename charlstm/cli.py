@@ -623,7 +623,7 @@ def export_(
         typer.Option(
             "--format",
             "-f",
-            help="onnx: prime and one-step graphs for onnxruntime (needs charlstm[export]); "
+            help="onnx: prime and one-step graphs for onnxruntime (needs the export extra); "
             "web: a static page that samples in the browser, offline.",
         ),
     ],
