@@ -146,8 +146,7 @@ def _write_folder(
     """Write `files` into a temporary folder beside `out`, run `check(folder)` on it, then
     rename it into place: the export appears whole or not at all, and an old one is removed
     only once the new one is in."""
-    from charlstm.checkpoint import fsync_dir
-    from charlstm.prepare import _replace_dir
+    from charlstm.prepare import _replace_dir  # tokenize's folder swap, shared
 
     check_out(out, force, ckpt_path)
     try:
@@ -174,7 +173,6 @@ def _write_folder(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    fsync_dir(out.parent)
     return {name: len(data) for name, data in files.items()}
 
 
