@@ -8,6 +8,7 @@ The library API (every CLI command is a thin layer over one of these)::
     charlstm.evaluate("checkpoints/demo/best.pt")
     charlstm.generate("checkpoints/demo/best.pt", prime="ROMEO:", length=200)
     charlstm.inspect_text("checkpoints/demo/best.pt", "ROMEO: \"Hark!\"").bits
+    charlstm.export_web("checkpoints/demo/best.pt", out="demo-web")   # or export_onnx
 
 Heavy modules (torch) load on first use, so ``import charlstm`` stays fast. The modules are
 named for their job (prepare, trainer, evaluation, sampling) so that they never shadow the
@@ -42,6 +43,10 @@ _LAZY = {
     "inspect_text": "charlstm.inspection",
     "Inspection": "charlstm.inspection",
     "write_html": "charlstm.inspection_html",
+    "export_onnx": "charlstm.export",
+    "export_web": "charlstm.export",
+    "verify_onnx": "charlstm.export",
+    "ExportResult": "charlstm.export",
 }
 
 __all__ = ["CharLSTMError", "__version__", *_LAZY]
@@ -51,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from charlstm.config import ModelConfig, TrainConfig
     from charlstm.corpus import bundled_corpus
     from charlstm.evaluation import EvalResult, evaluate
+    from charlstm.export import ExportResult, export_onnx, export_web, verify_onnx
     from charlstm.inspection import Inspection, inspect_text
     from charlstm.inspection_html import write_html
     from charlstm.model import CharLSTM

@@ -52,3 +52,38 @@ def write_text(path: str | Path, text: str) -> None:
 def copy_file(src: str | Path, dst: str | Path) -> None:
     with open(src, "rb") as source, atomic_open(dst) as f:
         shutil.copyfileobj(source, f, 8 << 20)
+
+
+@contextmanager
+def atomic_folder(out: str | Path) -> Iterator[Path]:
+    """A temporary folder beside `out` to fill; when the block ends without an error it becomes
+    `out` (an old `out` is removed only once the new one is in place). On any error the
+    temporary folder is removed and `out` is as it was; an OSError (a full disk, permissions)
+    becomes one CharLSTMError that says nothing was written."""
+    from charlstm.errors import CharLSTMError
+
+    out = Path(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharLSTMError(f"cannot create {out.parent}: {e.strerror}") from None
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        tmp.mkdir()
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}")
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CharLSTMError(
+            f"writing {out} failed: {e.strerror or e}",
+            "check free disk space and permissions; nothing was written",
+        ) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

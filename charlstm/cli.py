@@ -766,6 +766,66 @@ def _read_stdin() -> str:
         raise CharLSTMError(f"stdin is not valid UTF-8 (byte offset {e.start})") from None
 
 
+class ExportFormat(str, Enum):
+    onnx = "onnx"
+    web = "web"
+
+
+@app.command(
+    name="export",
+    epilog="Examples:  charlstm export checkpoints/ts10/best.pt --format web --out ts10-web  "
+    "(then open ts10-web/index.html)  ·  charlstm export run/best.pt --format onnx --out "
+    "run-onnx  (then python examples/onnx_sample.py run-onnx --prime 'ROMEO:')",
+)
+def export_(
+    checkpoint: CheckpointArg,
+    format: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format",
+            "-f",
+            help="onnx: prime and one-step graphs for onnxruntime (needs the export extra); "
+            "web: a static page that samples in the browser, offline.",
+        ),
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Output folder. Default: export-<format> beside the checkpoint."
+        ),
+    ] = None,  # fmt: skip
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an earlier export in --out.")
+    ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify/--no-verify",
+            help="onnx: check onnxruntime's logits against PyTorch's over 1,000 steps before "
+            "writing (when onnxruntime is installed).",
+        ),
+    ] = True,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print what was written as JSON on stdout.")
+    ] = False,
+) -> None:
+    """Export a checkpoint: ONNX graphs for any ONNX runtime, or a page that runs offline."""
+    import json
+
+    from charlstm import export as exporting
+
+    if format == ExportFormat.onnx:
+        if verify and not exporting.onnxruntime_available():
+            ui.warn("onnxruntime is not installed: the export is not verified against PyTorch "
+                    "(pip install 'charlstm[export]')")  # fmt: skip
+        result = _run(exporting.export_onnx, checkpoint, out, force=force, verify=verify)
+    else:
+        result = _run(exporting.export_web, checkpoint, out, force=force)
+    ui.show_export(result)
+    if json_out:
+        _emit(json.dumps(result.to_dict(), indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     app(args=argv, prog_name="charlstm")

@@ -16,7 +16,6 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -210,17 +209,6 @@ def check_out_dir(src: Source, out: Path, force: bool) -> None:
         )
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place; an old one is removed only once the new one is in."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(out)
-
-
 def tokenize(
     corpus: str | Path | None = None,
     out: str | Path | None = None,
@@ -299,25 +287,11 @@ def _split_sizes(src: Source, n: int, val_frac: float, test_frac: float) -> dict
 def _write_folder(out: Path, meta: dict, vocab: Vocab, ids_stream) -> None:
     """Write the arrays, tokenizer.json and meta.json into a temporary folder beside `out`,
     then swap it in; on any failure nothing is left behind and `out` is as it was."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CharLSTMError(f"cannot create {out.parent}: {e.strerror}") from None
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    from charlstm.atomic import atomic_folder
+
     chars = meta["chars"]
     bounds = [chars["train"], chars["train"] + chars["val"], chars["total"]]
-    try:
-        tmp.mkdir()
+    with atomic_folder(out) as tmp:
         _write_splits(tmp, ids_stream, vocab.dtype, bounds)
         vocab.save(tmp / "tokenizer.json")
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        _replace_dir(tmp, out)
-    except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise CharLSTMError(
-            f"writing {out} failed: {e.strerror or e}",
-            "check free disk space and permissions; nothing was written",
-        ) from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -376,6 +376,35 @@ def show_bench(report) -> None:
     console.print(table)
 
 
+def fmt_bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def show_export(result) -> None:
+    """What `charlstm export` wrote, how it was checked, and how to use it."""
+    rows = {"output": str(result.out), "format": result.format}
+    for name, size in result.files.items():
+        rows[name] = fmt_bytes(size)
+    rows["total"] = fmt_bytes(result.total_bytes)
+    check = result.check
+    if check is not None:
+        rows["checked"] = (
+            f"onnxruntime vs PyTorch: max |logit diff| {check.max_abs_diff:.2g} over a "
+            f"{check.prime_len}-token prime + {check.steps:,} steps x {check.batch_size} streams"
+            f" (largest logit {check.max_abs_logit:.3g}); greedy choices "
+            + ("agree" if check.greedy_agree else "differ at a near-tie")
+        )
+    if result.format == "web":
+        page = (result.out / "index.html").resolve().as_uri()
+        rows["open"] = f"{page}  (works from disk; no server needed)"
+    else:
+        rows["next"] = f"python examples/onnx_sample.py {result.out} --prime 'Hello'"
+    show_table(f"exported ({result.format})", rows)
+
+
 def show_paths(title: str, paths: Mapping[str, Path]) -> None:
     show_table(title, {k: str(v) for k, v in paths.items()})
 

@@ -152,8 +152,10 @@ class Vocab:
             table = np.full(int(self._codepoints[-1]) + 2 if self.size else 1, -1, np.int64)
             table[self._codepoints] = np.arange(self.size)
             self._lut["encode"] = table
-        # every code point past the last known one maps to the final -1 slot
-        return table[np.minimum(cps, len(table) - 1)]
+        # every code point past the last known one maps to the final -1 slot; the bound is
+        # clipped to the dtype of `cps` (numpy 2 refuses a scalar it cannot hold, e.g. an
+        # ASCII prime, uint8, against a vocabulary that reaches past code point 255)
+        return table[np.minimum(cps, min(len(table) - 1, np.iinfo(cps.dtype).max))]
 
     def encode(
         self, text: str, unknown: str = "error", what: str = "text", hint: str = "remove them"

@@ -79,6 +79,7 @@ def test_every_command_has_help_with_an_example(run_cli):
         ["inspect"],
         ["corpus", "get"],
         ["corpus", "list"],
+        ["export"],
     ):
         result = run_cli(*command, "--help")
         assert result.exit_code == 0, command

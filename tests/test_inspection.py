@@ -345,9 +345,7 @@ def test_cli_html_is_written_and_never_overwritten_by_accident(ckpt_path, text_f
         ("compare", ["--against"]),
     ],
 )
-def test_cli_bad_inputs_one_line_nothing_written(
-    case, words, ckpt_path, tmp_path, text_file
-):
+def test_cli_bad_inputs_one_line_nothing_written(case, words, ckpt_path, tmp_path, text_file):
     page = tmp_path / "out.html"
     args: list = ["inspect", ckpt_path, "--html", page]
     if case == "empty":

@@ -208,6 +208,16 @@ def test_unknown_characters_beyond_the_last_code_point_and_many_of_them():
         vocab.encode("😀\x00東ΩЖÿ")
 
 
+@pytest.mark.parametrize("text", ["ab\n", "aé\n", "a東", "😀"])
+def test_narrow_text_encodes_against_a_vocabulary_with_wider_code_points(text):
+    # ASCII text is uint8 and BMP text uint16: the vocabulary's last code point must not be
+    # forced into that dtype (it overflowed with numpy 2: `charlstm sample` crashed on any
+    # vocabulary holding an emoji)
+    vocab = vocab_for("ab\néx東😀")
+    assert vocab.decode(vocab.encode_raw(text)) == text
+    assert vocab_for("ab\né").encode_raw("東😀").tolist() == [-1, -1]
+
+
 def test_unknown_characters_can_be_skipped():
     vocab = vocab_for("abc")
     assert vocab.decode(vocab.encode("a😀b東c", unknown="skip")) == "abc"
