@@ -155,7 +155,7 @@ def evaluate(
         ids, skipped = _encode_text_file(Path(text), ckpt.vocab, unknown)
         source, split_name = str(text), None
     else:
-        ids, source, split_name = _split_ids(ckpt, data, split)
+        ids, source, split_name = split_ids(ckpt, data, split)
     if len(ids) < 2:
         raise CharLSTMError(f"{source} has fewer than 2 characters to score", "give it more text")
     streams = stream_count(len(ids), batch_size)
@@ -203,7 +203,10 @@ def _encode_text_file(path: Path, vocab, unknown: str) -> tuple[np.ndarray, int]
     return ids[ids >= 0], int(len(bad))
 
 
-def _split_ids(ckpt, data, split) -> tuple[np.ndarray, str, str]:
+def split_ids(ckpt, data, split, instead: str = "--text FILE") -> tuple[np.ndarray, str, str]:
+    """A split of the run's own tokenized data (or of `data`), checked to share the
+    checkpoint's vocabulary: (ids, the folder, the split's name). `instead` names the other
+    way to give text, for the error messages."""
     from charlstm.data import load_dataset
 
     if data is None:
@@ -211,14 +214,14 @@ def _split_ids(ckpt, data, split) -> tuple[np.ndarray, str, str]:
         if not folder or not Path(folder).exists():
             raise CharLSTMError(
                 f"the data this model was trained on ({folder}) is not available here",
-                "pass --data DIR (a tokenized folder) or --text FILE",
+                f"pass --data DIR (a tokenized folder) or {instead}",
             )
         data = folder
     dataset = load_dataset(data)
     if dataset.vocab.to_json() != ckpt.vocab.to_json():
         raise CharLSTMError(
             f"{data} was tokenized with a different vocabulary than this checkpoint",
-            "pass the data the model was trained on, or score a file with --text",
+            f"pass the data the model was trained on, or {instead}",
         )
     if split is None:
         split = "test" if dataset.meta["chars"]["test"] > 0 else "val"

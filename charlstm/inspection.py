@@ -540,26 +540,12 @@ def _text_ids(ckpt, text, file, unknown, limit, name) -> tuple[np.ndarray, int, 
 
 def _excerpt_ids(ckpt, data, split, count) -> tuple[np.ndarray, str]:
     """The first `count` ids of a split of the run's data (or of `data`)."""
-    from charlstm.data import load_dataset
+    from charlstm.evaluation import split_ids
 
-    if data is None:
-        folder = ckpt.payload.get("data", {}).get("folder")
-        if not folder or not Path(folder).exists():
-            raise CharLSTMError(
-                f"the data this model was trained on ({folder}) is not available here",
-                "give a TEXT file to inspect, or --data DIR (a tokenized folder)",
-            )
-        data = folder
-    dataset = load_dataset(data)
-    if dataset.vocab.to_json() != ckpt.vocab.to_json():
-        raise CharLSTMError(
-            f"{data} was tokenized with a different vocabulary than this checkpoint",
-            "pass the data the model was trained on, or a TEXT file",
-        )
-    ids = dataset.split(split)
+    ids, folder, split = split_ids(ckpt, data, split, instead="a TEXT file to inspect")
     if len(ids) < 2:
-        raise CharLSTMError(f"the {split} split of {data} is too short", "choose another --split")
-    return np.asarray(ids[:count], dtype=np.int64), f"{dataset.folder} ({split})"
+        raise CharLSTMError(f"the {split} split of {folder} is too short", "choose another --split")
+    return np.asarray(ids[:count], dtype=np.int64), f"{folder} ({split})"
 
 
 def _check_same_vocab(ckpt, other, path) -> None:
@@ -683,6 +669,21 @@ def default_cell(result: Inspection) -> tuple[Cell, Probe | None]:
     return Cell(0, 0, "c"), None
 
 
+def summary(result: Inspection) -> dict:
+    """What was inspected and the text's scores (shared by the JSON and the web page)."""
+    return {
+        "checkpoint": result.checkpoint,
+        "source": result.source,
+        "model": result.model,
+        "chars": result.chars,
+        "loss": result.loss,
+        "bpc": result.bpc,
+        "skipped": result.skipped,
+        "excerpt": result.excerpt,
+        "tokens": result.tokens,
+    }
+
+
 def to_dict(result: Inspection, decimals: int = 4) -> dict:
     """The numbers as plain JSON-ready data (no activations except the cells asked for)."""
 
@@ -700,15 +701,7 @@ def to_dict(result: Inspection, decimals: int = 4) -> dict:
         for i in range(len(result.ids))
     ]
     out = {
-        "checkpoint": result.checkpoint,
-        "source": result.source,
-        "model": result.model,
-        "chars": result.chars,
-        "loss": result.loss,
-        "bpc": result.bpc,
-        "skipped": result.skipped,
-        "excerpt": result.excerpt,
-        "tokens": result.tokens,
+        **summary(result),
         "bits": rounded(bits),
         "rank": [int(r) for r in result.rank],
         "top": top,

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from charlstm.errors import CharLSTMError
-from charlstm.inspection import Cell, Inspection, colour_range, default_cell
+from charlstm.inspection import Cell, Inspection, colour_range, default_cell, summary
 
 CELLS_SHOWN_PER_PROBE = 3  # activations embedded per property (each ~1 byte a character)
 
@@ -64,15 +64,7 @@ def page_data(result: Inspection) -> dict:
             "bits": _b64(a.nats / math.log(2), "<f4"),
         }
     return {
-        "checkpoint": result.checkpoint,
-        "source": result.source,
-        "model": result.model,
-        "chars": result.chars,
-        "loss": result.loss,
-        "bpc": result.bpc,
-        "skipped": result.skipped,
-        "excerpt": result.excerpt,
-        "tokens": result.tokens,
+        **summary(result),
         "symbols": result.symbols,
         "k": k,
         "indexType": "u2" if index_dtype == "<u2" else "i4",
