@@ -267,8 +267,7 @@ class BatchScheduler:
                 raise CharLSTMError("the scheduler is shut down")
             if self._used + n > self.max_streams:
                 raise CapacityError(
-                    f"{self._used} of {self.max_streams} streams are running; "
-                    f"{n} more do not fit",
+                    f"{self._used} of {self.max_streams} streams are running; {n} more do not fit",
                     "retry when some finish",
                 )
             self._used += n
