@@ -202,13 +202,14 @@ class BatchScheduler:
         self.max_streams = max_streams
         self.listener = listener
         self.steps = 0  # batch steps taken
+        self.error: Exception | None = None  # what stopped the worker's last failed round
         newline = self.vocab.encode_raw("\n")
         self._context_only = newline if len(newline) and newline[0] >= 0 else np.zeros(1, np.int64)
         self._step = FastLSTMStep(self.model, 0, DTYPES[dtype])
         self._logits = torch.empty(0, self.model.config.vocab_size, device=self.device)
         self._rows: list[Stream] = []  # the batch, in row order (stepping thread only)
         self._row_params: tuple[torch.Tensor, ...] | None = None
-        self._pending: list[list[Stream]] = []  # submitted groups, not yet joined
+        self._pending: list[tuple[Stream, ...]] = []  # submitted groups, not yet joined
         self._used = 0  # slots held: pending or running streams, not yet finished
         self._ids = itertools.count()
         self._cond = threading.Condition()
@@ -271,7 +272,7 @@ class BatchScheduler:
                     "retry when some finish",
                 )
             self._used += n
-            self._pending.append(streams)
+            self._pending.append(tuple(streams))
             self._cond.notify_all()
         return streams
 
@@ -339,7 +340,7 @@ class BatchScheduler:
             self.listener(events)
         return events
 
-    def _admit(self, group: list[Stream], events: list[StreamEvent]) -> None:
+    def _admit(self, group: Sequence[Stream], events: list[StreamEvent]) -> None:
         """Run the group's shared prompt through the model; its live streams join the batch."""
         live = [s for s in group if not s.done]
         for s in live:
@@ -378,7 +379,11 @@ class BatchScheduler:
         """Step in this thread until `streams` (default: every stream) have finished."""
         while True:
             with self._cond:
-                waiting = streams if streams is not None else self._rows + sum(self._pending, [])
+                waiting = (
+                    streams
+                    if streams is not None
+                    else self._rows + [s for g in self._pending for s in g]
+                )
                 if all(s.done for s in waiting) and (streams is not None or not self._pending):
                     return
             self.step()
@@ -405,7 +410,8 @@ class BatchScheduler:
                     return
             try:
                 self.step()
-            except Exception:  # a bug: end every stream rather than leave clients waiting
+            except Exception as e:  # a bug: end every stream rather than leave clients waiting
+                self.error = e
                 self._fail_all()
 
     def _fail_all(self) -> None:
