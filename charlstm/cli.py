@@ -858,6 +858,9 @@ def serve(
     dtype: Annotated[
         SampleDtype, typer.Option(help="Weight precision for generation (bf16 reads half).")
     ] = SampleDtype.fp32,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads for the model (0: PyTorch's default).")
+    ] = 0,
     device: DeviceOption = "cpu",
 ) -> None:
     """Serve a checkpoint over HTTP with OpenAI's completions API (the openai client and curl
@@ -871,7 +874,7 @@ def serve(
     limits = ServeLimits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_n=max_n,
                          max_body_bytes=max_body_bytes, max_streams=max_streams)  # fmt: skip
     _run(serve_checkpoint, checkpoint, host=host, port=port, api_key=api_key, limits=limits,
-         device=device, dtype=dtype.value, on_ready=ui.show_serving)  # fmt: skip
+         device=device, dtype=dtype.value, threads=threads, on_ready=ui.show_serving)  # fmt: skip
     ui.info("stopped")
 
 

@@ -514,11 +514,12 @@ def serve(
     limits: ServeLimits | None = None,
     device: str = "cpu",
     dtype: str = "fp32",
+    threads: int = 0,
     on_ready: Callable[[dict], None] | None = None,
 ) -> None:
     """Serve `checkpoint` until SIGINT or SIGTERM; then stop taking connections, give running
-    streams a few seconds to finish, and return. `on_ready(facts)` is called once the socket
-    listens (facts: url, model, host, port, api_key_required)."""
+    streams a few seconds to finish, and return. `threads`: torch's CPU threads (0: as is).
+    `on_ready(facts)` is called once the socket listens (facts: url, model, host, port, api_key_required)."""
     import signal
     import threading
 
@@ -534,6 +535,13 @@ def serve(
         raise OptionError(f"--port must be from 0 to 65535, got {port}")
     if api_key is not None and not api_key.strip():
         raise OptionError("--api-key is empty", f"pass a key, or unset {API_KEY_ENV}")
+    if not isinstance(threads, int) or threads < 0:
+        raise OptionError(f"--threads must be >= 0 (0: PyTorch's default), got {threads}")
+    if threads:
+        import torch
+
+        # on a small shared CPU one thread often beats two: no hand-offs, no spinning
+        torch.set_num_threads(threads)
     scheduler = BatchScheduler(checkpoint, device=device, dtype=dtype,
                                max_streams=limits.max_streams)  # fmt: skip
     name = run_name(scheduler.checkpoint_path)
