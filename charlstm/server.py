@@ -519,7 +519,8 @@ def serve(
 ) -> None:
     """Serve `checkpoint` until SIGINT or SIGTERM; then stop taking connections, give running
     streams a few seconds to finish, and return. `threads`: torch's CPU threads (0: as is).
-    `on_ready(facts)` is called once the socket listens (facts: url, model, host, port, api_key_required)."""
+    `on_ready(facts)` is called once the socket listens (facts: url, model, host, port,
+    api_key_required)."""
     import signal
     import threading
 
