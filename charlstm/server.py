@@ -330,9 +330,16 @@ def create_app(
             finally:
                 self.on_close()
 
+    # the page itself needs no key; it is told whether the API does, so that it asks for the
+    # key before calling the API instead of meeting a 401
+    page = playground_html().replace(
+        '<body data-state="loading">',
+        f'<body data-state="loading" data-key-required="{str(api_key is not None).lower()}">',
+    )
+
     @app.get("/", response_class=HTMLResponse)
     async def playground():
-        return HTMLResponse(playground_html())
+        return HTMLResponse(page)
 
     @app.get("/v1/models")
     async def models(request: Request):

@@ -286,12 +286,12 @@ def test_stream_limit_and_disconnect_frees_the_slot(ckpt):
             time.sleep(0.01)
 
 
-def test_playground_generates_in_chromium(server):
+def playground_run(url: str, key: str | None = None) -> dict:
+    """Load the playground in headless Chromium, type `key` if given, generate 150 greedy
+    characters after 'the cat'; what the page showed, and its console report."""
     binary = find_chromium()
     if binary is None:
         pytest.skip("no chromium on PATH (Debian: apt-get install chromium)")
-    url, scheduler = server
-    expected = greedy(scheduler, "the cat", 150)
     report = PageReport()
     with Browser(binary, 1100, 800, timeout=30) as browser:
         browser.call("Page.navigate", {"url": url + "/"}, session=True)
@@ -299,18 +299,38 @@ def test_playground_generates_in_chromium(server):
         wait = """new Promise((resolve) => { const t0 = Date.now(); (function poll() {
             const s = document.body.dataset.state;
             if (%s || Date.now() - t0 > 20000) resolve(s); else setTimeout(poll, 20); })(); })"""
-        assert browser.evaluate(wait % 's !== "loading"') == "ready"
-        assert browser.evaluate("document.getElementById('model').textContent") == "myrun"
-        browser.evaluate("""(() => { const set = (id, v) => document.getElementById(id).value = v;
-            set('prompt', 'the cat'); set('max_tokens', '150'); set('temperature', '0');
-            document.getElementById('generate').click(); })()""")
-        assert browser.evaluate(wait % 's === "done" || s === "error"') == "done"
-        output = browser.evaluate("document.getElementById('output').textContent")
-        status = browser.evaluate("document.getElementById('status').textContent")
+        seen = {"state": browser.evaluate(wait % 's !== "loading"'),
+                "model": browser.evaluate("document.getElementById('model').textContent"),
+                "error": browser.evaluate("document.getElementById('error').textContent")}
+        typed = {"api_key": key or "", "prompt": "the cat", "max_tokens": "150", "temperature": "0"}
+        browser.evaluate(f"""(() => {{ for (const [id, v] of Object.entries({json.dumps(typed)}))
+            document.getElementById(id).value = v;
+            document.getElementById('generate').click(); }})()""")
+        seen["end"] = browser.evaluate(wait % 's === "done" || s === "error"')
+        seen["output"] = browser.evaluate("document.getElementById('output').textContent")
+        seen["status"] = browser.evaluate("document.getElementById('status').textContent")
         browser.report_into(report)
-    assert output == "the cat" + expected
-    assert re.search(r"150 characters in [\d.]+ s \([\d,]+ chars/s", status), status
-    assert report.errors == []
+    seen["console_errors"] = report.errors
+    return seen
+
+
+def test_playground_generates_in_chromium(server):
+    url, scheduler = server
+    seen = playground_run(url)
+    assert (seen["state"], seen["model"], seen["end"]) == ("ready", "myrun", "done")
+    assert seen["output"] == "the cat" + greedy(scheduler, "the cat", 150)
+    assert re.search(r"150 characters in [\d.]+ s \([\d,]+ chars/s", seen["status"]), seen
+    assert seen["console_errors"] == []
+
+
+def test_playground_asks_for_the_key_before_calling_a_keyed_server(keyed_server):
+    """No request goes out without the key (no 401 in the console); with it, text comes."""
+    url, scheduler = keyed_server
+    seen = playground_run(url, key=KEY)
+    assert seen["model"] != "myrun" and "needs an API key" in seen["error"]
+    assert seen["end"] == "done"
+    assert seen["output"] == "the cat" + greedy(scheduler, "the cat", 150)
+    assert seen["console_errors"] == []
 
 
 # -- the command line ------------------------------------------------------------------------
