@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 
 import torch
 
@@ -42,8 +44,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """bf16 autocast on CUDA by default (where supported), fp32 elsewhere unless asked."""
-    if precision == "fp32":
+    """bf16 autocast on CUDA by default (where supported), fp32 elsewhere unless asked. A CPU
+    never autocasts: its bf16 is the LSTM kernel of `lstm_kernel` (autocast made nn.LSTM slower
+    there)."""
+    if precision == "fp32" or device.type == "cpu":
         return None
     if precision == "bf16":
         return torch.bfloat16
@@ -57,3 +61,57 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags this machine reports (empty where /proc/cpuinfo is missing)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def lstm_kernel(device: torch.device, precision: str = "auto") -> str:
+    """Which LSTM layers train on `device`: "bf16" (charlstm.lstm_bf16: bf16 GEMMs, fp32
+    weights, state and gates) or "fp32" (nn.LSTM's fused kernel). `auto` picks bf16 on CPUs
+    whose bf16 GEMMs are clearly faster than fp32 ones; GPUs use autocast instead."""
+    if device.type != "cpu" or precision == "fp32":
+        return "fp32"
+    if precision == "bf16":
+        return "bf16"
+    return "bf16" if bf16_gemm_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+
+
+#: how much faster bf16 GEMMs must be than fp32 ones for `--precision auto` to use them: the
+#: window kernel spends part of its time outside GEMMs, so a small GEMM gain would not pay
+BF16_MIN_SPEEDUP = 1.8
+
+
+@functools.cache
+def bf16_gemm_speedup() -> float:
+    """bf16 over fp32 GEMM throughput on this CPU at the small preset's LSTM shapes, measured
+    once per process (~0.2 s); 0.0 where the CPU reports no bf16 units (avx512_bf16, AMX),
+    since bf16 is then emulated and slow."""
+    flags = cpu_flags()
+    if not flags & {"avx512_bf16", "amx_bf16"} or not torch.backends.mkldnn.is_available():
+        return 0.0
+    shapes = ((4096, 512, 2048), (32, 512, 2048))  # the window's input GEMM, one recurrent step
+    seconds = {torch.float32: 0.0, torch.bfloat16: 0.0}
+    for dtype in seconds:
+        for m, k, n in shapes:
+            a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+            out = torch.empty(m, n, dtype=dtype)
+            torch.mm(a, b, out=out)
+            calls = max(1, 200_000_000 // (m * k * n))
+            best = float("inf")
+            for _ in range(3):  # the best of three: robust to a neighbour on a shared machine
+                start = time.perf_counter()
+                for _ in range(calls):
+                    torch.mm(a, b, out=out)
+                best = min(best, (time.perf_counter() - start) / calls)
+            seconds[dtype] += best * 4096 / m  # 1 input GEMM : 128 recurrent ones, as in a window
+    return seconds[torch.float32] / seconds[torch.bfloat16]
