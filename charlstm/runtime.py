@@ -75,29 +75,42 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def lstm_kernel(device: torch.device, precision: str = "auto") -> str:
+def lstm_kernel(device: torch.device, precision: str = "auto", hidden_size: int = 512) -> str:
     """Which LSTM layers train on `device`: "bf16" (charlstm.lstm_bf16: bf16 GEMMs, fp32
     weights, state and gates) or "fp32" (nn.LSTM's fused kernel). `auto` picks bf16 on CPUs
-    whose bf16 GEMMs are clearly faster than fp32 ones; GPUs use autocast instead."""
+    with bf16 units for models wide enough that GEMMs, not per-step overhead, set the pace;
+    GPUs use autocast instead. The choice depends on the machine and the model only (no
+    timing), so a resumed run makes the same one."""
     if device.type != "cpu" or precision == "fp32":
         return "fp32"
     if precision == "bf16":
         return "bf16"
-    return "bf16" if bf16_gemm_speedup() >= BF16_MIN_SPEEDUP else "fp32"
+    return "bf16" if has_bf16_units() and hidden_size >= BF16_MIN_HIDDEN else "fp32"
 
 
-#: how much faster bf16 GEMMs must be than fp32 ones for `--precision auto` to use them: the
-#: window kernel spends part of its time outside GEMMs, so a small GEMM gain would not pay
-BF16_MIN_SPEEDUP = 1.8
+#: below this width a step's GEMMs are too small for their bf16 rate to pay for the window
+#: kernel's per-step Python work (the tiny preset, 128 wide, stays fp32)
+BF16_MIN_HIDDEN = 256
+
+
+@functools.cache
+def has_bf16_units() -> bool:
+    """Whether this CPU reports bf16 instructions (avx512_bf16, AMX) that oneDNN's bf16 GEMMs
+    use; without them bf16 is emulated and slower than fp32."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return (
+        bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+        and torch.backends.mkldnn.is_available()
+        and (supported is None or bool(supported()))
+    )
 
 
 @functools.cache
 def bf16_gemm_speedup() -> float:
-    """bf16 over fp32 GEMM throughput on this CPU at the small preset's LSTM shapes, measured
-    once per process (~0.2 s); 0.0 where the CPU reports no bf16 units (avx512_bf16, AMX),
-    since bf16 is then emulated and slow."""
-    flags = cpu_flags()
-    if not flags & {"avx512_bf16", "amx_bf16"} or not torch.backends.mkldnn.is_available():
+    """bf16 over fp32 GEMM throughput on this CPU at the small preset's LSTM shapes, weighted
+    like one training window (one input GEMM, 128 recurrent ones), measured once per process
+    (~1 s); 0.0 where the CPU has no bf16 units. `charlstm bench` reports it."""
+    if not has_bf16_units():
         return 0.0
     shapes = ((4096, 512, 2048), (32, 512, 2048))  # the window's input GEMM, one recurrent step
     seconds = {torch.float32: 0.0, torch.bfloat16: 0.0}

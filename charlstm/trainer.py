@@ -234,7 +234,7 @@ class Trainer:
         self.model_config = cfg.model_config(dataset.vocab.size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = CharLSTM(self.model_config).to(device)
-        model.lstm_kernel = lstm_kernel(device, cfg.precision)
+        model.lstm_kernel = lstm_kernel(device, cfg.precision, self.model_config.hidden_size)
         self.state = RunState(model, build_optimizer(model, cfg, device))
         self.forward_model = model
         if dist.enabled:
