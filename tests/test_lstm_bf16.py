@@ -3,6 +3,8 @@ forward and backward, on nn.LSTM's own parameters."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,3 +139,32 @@ def test_carried_state_across_windows_matches_fp32():
         out[kernel] = (torch.cat([first, second]), *state)
     for mine, ref in zip(out["bf16"], out["fp32"], strict=True):
         assert rel_err(mine, ref) < BF16_REL
+
+
+# -- through the trainer ---------------------------------------------------------------------------
+def test_bf16_training_learns_is_deterministic_and_its_checkpoint_is_an_fp32_one(tmp_path):
+    """`--precision bf16`: the loss falls, a second run with the same seed is the same bit for
+    bit (the kernel is deterministic, which resuming exactly relies on), and its checkpoint
+    loads and evaluates like any other (on the exact fp32 path)."""
+    from tiny import TINY_KWARGS, word_text
+
+    from charlstm.checkpoint import load_checkpoint, read_checkpoint
+    from charlstm.evaluation import evaluate
+    from charlstm.prepare import tokenize
+    from charlstm.trainer import train
+
+    (tmp_path / "c.txt").write_text(word_text(3000))
+    data = tokenize(tmp_path / "c.txt", tmp_path / "tok").out
+    tiny = dict(TINY_KWARGS, precision="bf16", log_every=5, eval_every=10**6)
+    train(data, tmp_path / "one", steps=30, **tiny)
+    lines = (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()
+    losses = [r["train_loss"] for r in map(json.loads, lines) if r["kind"] == "train"]
+    assert losses[-1] < losses[0] - 0.3
+    train(data, tmp_path / "two", steps=30, **tiny)
+    one, two = (read_checkpoint(tmp_path / r / "last.pt")["model"] for r in ("one", "two"))
+    for name, tensor in one.items():
+        assert torch.equal(tensor, two[name]), name
+    ckpt = load_checkpoint(tmp_path / "one" / "last.pt")
+    assert ckpt.model.lstm_kernel == "fp32"
+    assert {"lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0"} <= set(one)
+    assert evaluate(ckpt, data=data).loss < losses[0]
