@@ -15,9 +15,10 @@ and activations, and every pointwise step of the gate arithmetic stay fp32. The 
 nn.LSTM's own (`weight_ih_l{k}` [W_ii; W_if; W_ig; W_io] etc.), so a checkpoint does not change.
 
 The backward is one autograd node per layer and window (a torch.autograd.Function), not
-autograd over hundreds of per-step nodes: the per-step work is the recurrent GEMM and five
-pointwise ops into preallocated buffers, and everything that does not depend on the recurrence
-(the gate derivatives) is computed for the whole window at once, before the loop.
+autograd over hundreds of per-step nodes: the per-step work is the recurrent GEMM and about
+seven pointwise ops into preallocated buffers, and everything that does not depend on the
+recurrence (the gate derivatives) is computed for the whole window at once, before the loop.
+The bias gradient is one more GEMM (a row of ones times dG), rounded to bf16 once like dW.
 """
 
 from __future__ import annotations
