@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from charlstm.config import PRESETS, ModelConfig
+from charlstm.runtime import bf16_gemm_speedup, cpu_flags, has_bf16_units
 
 
 @dataclass
@@ -119,19 +120,19 @@ def lstm_flops_per_char(cfg: ModelConfig) -> tuple[float, float]:
 
 
 def ideal_step_seconds(
-    cfg: ModelConfig, batch: int, bptt: int, min_time: float
+    cfg: ModelConfig, batch: int, bptt: int, min_time: float, dtype=torch.float32
 ) -> tuple[float, dict]:
-    """Seconds a forward+backward step would take if every matmul ran at the fp32 rate measured
-    at its own shape: the input projections as (B*T x in) @ (in x 4H), the recurrence as
-    (B x H) @ (H x 4H), the head as (B*T x H) @ (H x V)."""
+    """Seconds a forward+backward step would take if every matmul ran at the `dtype` rate
+    measured at its own shape: the input projections as (B*T x in) @ (in x 4H), the recurrence
+    as (B x H) @ (H x 4H), the head as (B*T x H) @ (H x V)."""
     H, E, V, L = cfg.hidden_size, cfg.embed_size, cfg.vocab_size, cfg.num_layers
     rates = {
-        "input_proj": matmul_gflops(batch * bptt, E, 4 * H, min_time=min_time),
-        "recurrent": matmul_gflops(batch, H, 4 * H, min_time=min_time),
-        "head": matmul_gflops(batch * bptt, H, V, min_time=min_time),
+        "input_proj": matmul_gflops(batch * bptt, E, 4 * H, dtype, min_time=min_time),
+        "recurrent": matmul_gflops(batch, H, 4 * H, dtype, min_time=min_time),
+        "head": matmul_gflops(batch * bptt, H, V, dtype, min_time=min_time),
     }
     if L > 1:
-        rates["input_proj_hh"] = matmul_gflops(batch * bptt, H, 4 * H, min_time=min_time)
+        rates["input_proj_hh"] = matmul_gflops(batch * bptt, H, 4 * H, dtype, min_time=min_time)
     chars = batch * bptt
     flops = {
         "input_proj": 2 * 4 * H * E * chars,
@@ -178,7 +179,7 @@ def reference_train_chars_per_s(
 
 
 def charlstm_train_chars_per_s(
-    data_folder: Path, preset: str, steps: int, workdir: Path
+    data_folder: Path, preset: str, steps: int, workdir: Path, precision: str = "fp32"
 ) -> tuple[float, float, float]:
     """charlstm's own trainer on real data: (chars/s of the whole short run, chars/s of its
     steady state — data pipeline, step and logging included —, and the share of a 10-minute
@@ -201,6 +202,7 @@ def charlstm_train_chars_per_s(
         force=True,
         device="cpu",
         warmup_steps=0,
+        precision=precision,
     )
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     steady = [r["chars_per_s"] for r in records if r["kind"] == "train"][1:]
@@ -346,29 +348,22 @@ class BenchContext:
         return path
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags this machine reports (empty where /proc/cpuinfo is missing)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
 def bench_limits(ctx: BenchContext, report: BenchReport) -> None:
     """fp32/bf16 matmul at the model's shapes, and memory read bandwidth."""
     ctx.say("measuring machine limits")
     p = PRESETS["small"]
     B, T, H, E = p["batch_size"], p["bptt"], p["hidden_size"], p["embed_size"]
-    for m, k, n in ((B * T, E, 4 * H), (B, H, 4 * H)):
+    for m, k, n in ((B * T, E, 4 * H), (B * T, H, 4 * H), (B, H, 4 * H)):
+        fp32 = matmul_gflops(m, k, n, min_time=ctx.min_time)
+        bf16 = matmul_gflops(m, k, n, torch.bfloat16, min_time=ctx.min_time)
+        report.add("limits", f"fp32 matmul {m}x{k} @ {k}x{n}", fp32, "GFLOP/s")
         report.add(
             "limits",
-            f"fp32 matmul {m}x{k} @ {k}x{n}",
-            matmul_gflops(m, k, n, min_time=ctx.min_time),
+            f"bf16 matmul {m}x{k} @ {k}x{n}",
+            bf16,
             "GFLOP/s",
+            note="vs fp32 at this shape",
+            ratio=bf16 / fp32,
         )
     report.add(
         "limits",
@@ -385,6 +380,14 @@ def bench_limits(ctx: BenchContext, report: BenchReport) -> None:
         "GFLOP/s",
         note=f"CPU bf16 units: {', '.join(bf16_units) or 'none reported'}" if flags else "",
     )
+    if bf16_units:
+        report.add(
+            "limits",
+            "bf16 / fp32 GEMM time, weighted like a training window",
+            bf16_gemm_speedup(),
+            "x",
+            note="one 4096x512 @ 512x2048 input GEMM + 128 recurrent 32x512 @ 512x2048 ones",
+        )
     report.add("limits", "memory read (512 MB sum)", read_gbytes(min_time=ctx.min_time), "GB/s")
 
 
@@ -431,7 +434,11 @@ def bench_tokenize(ctx: BenchContext, report: BenchReport) -> None:
 
 
 def bench_train(ctx: BenchContext, report: BenchReport) -> None:
-    """Training chars/s per preset against its matmuls and a plain reference loop."""
+    """Training chars/s per preset against its matmuls and a plain reference loop, for the
+    fp32 path and, on CPUs with bf16 units, the bf16 LSTM kernel (`--precision bf16`)."""
+    from charlstm.runtime import lstm_kernel
+
+    with_bf16 = has_bf16_units()
     for name in ctx.presets:
         p = PRESETS[name]
         cfg = ModelConfig(
@@ -442,25 +449,28 @@ def bench_train(ctx: BenchContext, report: BenchReport) -> None:
         ctx.say(f"training speed, preset {name}")
         ideal_s, _ = ideal_step_seconds(cfg, B, T, ctx.min_time)
         steps = {"tiny": 60, "small": 12, "medium": 4, "large": 2}[name]
-        # charlstm and the reference take turns, so a slow minute on a shared machine
-        # lands on both sides of the ratio rather than on one
-        rounds = [
-            (
-                charlstm_train_chars_per_s(ctx.data_dir, name, steps, ctx.work),
-                reference_train_chars_per_s(cfg, B, T, steps, ctx.dataset.split("train")),
+        # the fp32 trainer, the reference and the bf16 trainer take turns, so a slow minute
+        # on a shared machine lands on every side of the ratios rather than on one
+        rounds = []
+        for _ in range(1 if ctx.quick else 5):
+            mine = charlstm_train_chars_per_s(ctx.data_dir, name, steps, ctx.work, "fp32")
+            theirs = reference_train_chars_per_s(cfg, B, T, steps, ctx.dataset.split("train"))
+            bf16 = (
+                charlstm_train_chars_per_s(ctx.data_dir, name, steps, ctx.work, "bf16")
+                if with_bf16
+                else None
             )
-            for _ in range(1 if ctx.quick else 5)
-        ]
-        steady = float(np.median([mine[1] for mine, _ in rounds]))
-        ref = float(np.median([theirs for _, theirs in rounds]))
-        vs_ref = float(np.median([mine[1] / theirs for mine, theirs in rounds]))
-        overhead = float(np.median([mine[2] for mine, _ in rounds]))
+            rounds.append((mine, theirs, bf16))
+        steady = float(np.median([mine[1] for mine, _, _ in rounds]))
+        ref = float(np.median([theirs for _, theirs, _ in rounds]))
+        vs_ref = float(np.median([mine[1] / theirs for mine, theirs, _ in rounds]))
+        overhead = float(np.median([mine[2] for mine, _, _ in rounds]))
         fwd, _ = lstm_flops_per_char(cfg)
         achieved = 3 * fwd * steady / 1e9
         gated = name != "tiny"  # the tiny preset is for tests: no targets
         report.add(
             "train",
-            f"{name}: charlstm chars/s (whole loop)",
+            f"{name}: charlstm chars/s (whole loop, fp32)",
             steady,
             "chars/s",
             note=f"{achieved:.0f} GFLOP/s counted; vs its matmuls at the fp32 rates "
@@ -474,7 +484,7 @@ def bench_train(ctx: BenchContext, report: BenchReport) -> None:
             ref,
             "chars/s",
             note="nn.Embedding+nn.LSTM+nn.Linear+Adam, same dropouts, no bookkeeping; "
-            "charlstm vs this, median of alternating rounds (target >= 1.0x)",
+            "charlstm fp32 vs this, median of alternating rounds (target >= 1.0x)",
             ratio=vs_ref,
             target=1.0 if gated else None,
         )
@@ -487,6 +497,32 @@ def bench_train(ctx: BenchContext, report: BenchReport) -> None:
             "--time-budget 10 run (target < 5%)",
             ratio=0.05 / max(overhead, 1e-9),
             target=1.0 if gated else None,
+        )
+        if not with_bf16:
+            continue
+        ideal_bf16_s, _ = ideal_step_seconds(cfg, B, T, ctx.min_time, torch.bfloat16)
+        bf16_steady = float(np.median([bf16[1] for _, _, bf16 in rounds]))
+        vs_fp32 = float(np.median([bf16[1] / mine[1] for mine, _, bf16 in rounds]))
+        picked = lstm_kernel(torch.device("cpu"), "auto", cfg.hidden_size)
+        report.add(
+            "train",
+            f"{name}: charlstm chars/s (whole loop, bf16 LSTM)",
+            bf16_steady,
+            "chars/s",
+            note=f"--precision bf16 vs fp32, median of alternating rounds (target >= 1.7x); "
+            f"--precision auto picks {picked} here",
+            ratio=vs_fp32,
+            target=1.7 if gated else None,
+        )
+        report.add(
+            "train",
+            f"{name}: bf16 LSTM vs its matmuls at bf16 rates",
+            3 * fwd * bf16_steady / 1e9,
+            "GFLOP/s",
+            note="counted GFLOP/s; ratio: chars/s vs every matmul at the bf16 rate measured "
+            "at its own shape (target >= 0.6x)",
+            ratio=bf16_steady * ideal_bf16_s / (B * T),
+            target=0.6 if gated else None,
         )
 
 
@@ -502,7 +538,7 @@ def bench_eval(ctx: BenchContext, report: BenchReport) -> None:
     start = time.perf_counter()
     stream_nats(model, val[:chars], batch_size=64)
     eval_cps = chars / (time.perf_counter() - start)
-    train_rows = [r for r in report.rows if r.name == "small: charlstm chars/s (whole loop)"]
+    train_rows = [r for r in report.rows if r.name == "small: charlstm chars/s (whole loop, fp32)"]
     train_cps = train_rows[0].value if train_rows else None
     report.add(
         "eval",

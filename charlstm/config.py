@@ -290,7 +290,10 @@ class TrainConfig(_Architecture):
         resumable=True,
     )
     precision: str = option(
-        "auto", "auto: bf16 autocast on CUDA, fp32 elsewhere.", choices=PRECISIONS
+        "auto",
+        "auto: bf16 autocast on CUDA; on a CPU with bf16 units, bf16 LSTM matmuls with fp32 "
+        "weights and state where they win; fp32 elsewhere.",
+        choices=PRECISIONS,
     )
     compile: bool = option(False, "Use torch.compile.", resumable=True)
     max_bad_steps: int = option(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 
 import torch
 
@@ -42,8 +44,10 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """bf16 autocast on CUDA by default (where supported), fp32 elsewhere unless asked."""
-    if precision == "fp32":
+    """bf16 autocast on CUDA by default (where supported), fp32 elsewhere unless asked. A CPU
+    never autocasts: its bf16 is the LSTM kernel of `lstm_kernel` (autocast made nn.LSTM slower
+    there)."""
+    if precision == "fp32" or device.type == "cpu":
         return None
     if precision == "bf16":
         return torch.bfloat16
@@ -57,3 +61,70 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags this machine reports (empty where /proc/cpuinfo is missing)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def lstm_kernel(device: torch.device, precision: str = "auto", hidden_size: int = 512) -> str:
+    """Which LSTM layers train on `device`: "bf16" (charlstm.lstm_bf16: bf16 GEMMs, fp32
+    weights, state and gates) or "fp32" (nn.LSTM's fused kernel). `auto` picks bf16 on CPUs
+    with bf16 units for models wide enough that GEMMs, not per-step overhead, set the pace;
+    GPUs use autocast instead. The choice depends on the machine and the model only (no
+    timing), so a resumed run makes the same one."""
+    if device.type != "cpu" or precision == "fp32":
+        return "fp32"
+    if precision == "bf16":
+        return "bf16"
+    return "bf16" if has_bf16_units() and hidden_size >= BF16_MIN_HIDDEN else "fp32"
+
+
+#: below this width a step's GEMMs are too small for their bf16 rate to pay for the window
+#: kernel's per-step Python work (the tiny preset, 128 wide, stays fp32)
+BF16_MIN_HIDDEN = 256
+
+
+@functools.cache
+def has_bf16_units() -> bool:
+    """Whether this CPU reports bf16 instructions (avx512_bf16, AMX) that oneDNN's bf16 GEMMs
+    use; without them bf16 is emulated and slower than fp32."""
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return (
+        bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+        and torch.backends.mkldnn.is_available()
+        and (supported is None or bool(supported()))
+    )
+
+
+@functools.cache
+def bf16_gemm_speedup() -> float:
+    """bf16 over fp32 GEMM throughput on this CPU at the small preset's LSTM shapes, weighted
+    like one training window (one input GEMM, 128 recurrent ones), measured once per process
+    (~1 s); 0.0 where the CPU has no bf16 units. `charlstm bench` reports it."""
+    if not has_bf16_units():
+        return 0.0
+    shapes = ((4096, 512, 2048), (32, 512, 2048))  # the window's input GEMM, one recurrent step
+    seconds = {torch.float32: 0.0, torch.bfloat16: 0.0}
+    for dtype in seconds:
+        for m, k, n in shapes:
+            a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+            out = torch.empty(m, n, dtype=dtype)
+            torch.mm(a, b, out=out)
+            calls = max(1, 200_000_000 // (m * k * n))
+            best = float("inf")
+            for _ in range(3):  # the best of three: robust to a neighbour on a shared machine
+                start = time.perf_counter()
+                for _ in range(calls):
+                    torch.mm(a, b, out=out)
+                best = min(best, (time.perf_counter() - start) / calls)
+            seconds[dtype] += best * 4096 / m  # 1 input GEMM : 128 recurrent ones, as in a window
+    return seconds[torch.float32] / seconds[torch.bfloat16]

@@ -56,7 +56,7 @@ from charlstm.progress import (
 )
 from charlstm.rundir import BEST, CURVES, LAST, METRICS, RUN_FILES, RunDir, disk_full_error
 from charlstm.runstate import RunState
-from charlstm.runtime import autocast, autocast_dtype, resolve_device
+from charlstm.runtime import autocast, autocast_dtype, lstm_kernel, resolve_device
 
 __all__ = ["EvalStats", "NullReporter", "Reporter", "RunInfo", "StepStats", "TrainResult", "train"]
 
@@ -234,6 +234,7 @@ class Trainer:
         self.model_config = cfg.model_config(dataset.vocab.size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = CharLSTM(self.model_config).to(device)
+        model.lstm_kernel = lstm_kernel(device, cfg.precision, self.model_config.hidden_size)
         self.state = RunState(model, build_optimizer(model, cfg, device))
         self.forward_model = model
         if dist.enabled:
@@ -313,12 +314,17 @@ class Trainer:
             lr=cfg.lr,
             processes=self.dist.world_size,
             device=str(self.device),
-            precision="bf16 autocast" if self.amp_dtype == torch.bfloat16 else "fp32",
+            precision=self.precision_name(),
             compiled=cfg.compile,
             total_steps=self.total_steps,
             budget_min=cfg.time_budget_min,
             resumed_at=self.resumed_at,
         )
+
+    def precision_name(self) -> str:
+        if self.amp_dtype == torch.bfloat16:
+            return "bf16 autocast"
+        return "bf16 LSTM matmuls" if self.model.lstm_kernel == "bf16" else "fp32"
 
     def run(self) -> TrainResult:
         self.reporter.start(self.info())

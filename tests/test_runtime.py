@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from charlstm.errors import CharLSTMError, OptionError
-from charlstm.runtime import autocast, autocast_dtype, resolve_device
+from charlstm.runtime import (
+    autocast,
+    autocast_dtype,
+    has_bf16_units,
+    lstm_kernel,
+    resolve_device,
+)
 
 
 def test_auto_picks_what_is_there():
@@ -34,7 +40,13 @@ def test_precision_policy():
     cpu = torch.device("cpu")
     assert autocast_dtype(cpu, "auto") is None  # fp32 on CPUs
     assert autocast_dtype(cpu, "fp32") is None
-    assert autocast_dtype(cpu, "bf16") == torch.bfloat16
+    assert autocast_dtype(cpu, "bf16") is None  # a CPU's bf16 is the LSTM kernel instead
+    assert lstm_kernel(cpu, "fp32") == "fp32"
+    assert lstm_kernel(cpu, "bf16") == "bf16"
+    assert lstm_kernel(torch.device("meta"), "bf16") == "fp32"  # not a CPU: autocast's job
+    assert lstm_kernel(cpu, "auto", hidden_size=128) == "fp32"  # too narrow to pay
+    wide = lstm_kernel(cpu, "auto", hidden_size=512)
+    assert wide == ("bf16" if has_bf16_units() else "fp32")
     with autocast(cpu, None):
         assert not torch.is_autocast_enabled("cpu")
     with autocast(cpu, torch.bfloat16):

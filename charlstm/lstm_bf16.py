@@ -1,0 +1,150 @@
+"""One LSTM layer over a whole window with bf16 matrix products and fp32 everything else.
+
+Why: on CPUs with avx512_bf16 (or AMX) oneDNN's bf16 GEMMs run several times faster than fp32
+at the LSTM's shapes, but the fused nn.LSTM kernel under CPU autocast does not use them well
+(it ran slower than fp32, bench/RESULTS.md). Here the window is written out by hand:
+
+    forward   G_x = X W_ih^T (one GEMM for all T*B characters), then per step
+              pre_t = G_x[t] + b + h_{t-1} W_hh^T (a (B x H) @ (H x 4H) GEMM), the gates, c_t, h_t
+    backward  per step (newest first) dh_t = dy_t + dG_{t+1} W_hh, dc_t, dG_t; then one GEMM
+              each for dW_ih = dG^T X, dW_hh = dG^T H_prev and dX = dG W_ih
+
+Matrix operands are bf16 (oneDNN accumulates in fp32; a product's result is rounded to bf16
+once, as under autocast); master weights, biases, the cell state c, the gate pre-activations
+and activations, and every pointwise step of the gate arithmetic stay fp32. The parameters are
+nn.LSTM's own (`weight_ih_l{k}` [W_ii; W_if; W_ig; W_io] etc.), so a checkpoint does not change.
+
+The backward is one autograd node per layer and window (a torch.autograd.Function), not
+autograd over hundreds of per-step nodes: the per-step work is the recurrent GEMM and about
+seven pointwise ops into preallocated buffers, and everything that does not depend on the
+recurrence (the gate derivatives) is computed for the whole window at once, before the loop.
+The bias gradient is one more GEMM (a row of ones times dG), rounded to bf16 once like dW.
+"""
+
+from __future__ import annotations
+
+import torch
+
+BF16 = torch.bfloat16
+
+
+class BF16LSTMWindow(torch.autograd.Function):
+    """(x (T,B,I), h0 (B,H), c0 (B,H), w_ih, w_hh, b_ih, b_hh) -> (y (T,B,H), h_T, c_T)."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        wih_b, whh_b = w_ih.to(BF16), w_hh.to(BF16)
+        # tanh(z) = 2 sigmoid(2z) - 1: ATen's fp32 tanh goes through MKL's vector math, which is
+        # ~50x slower than its sigmoid on this AMD CPU, so the forward runs on copies of the
+        # weights whose g rows are doubled (exact in bf16) and takes one sigmoid over all gates
+        g_rows = slice(2 * H, 3 * H)
+        wih_2g, whh_2g = wih_b.clone(), whh_b.clone()
+        wih_2g[g_rows] *= 2
+        whh_2g[g_rows] *= 2
+        bias = b_ih.detach() + b_hh.detach()
+        bias[g_rows] *= 2
+        x_b = x.reshape(T * B, -1).to(BF16)
+        # the whole window's input projection as one GEMM (bf16 result), and in fp32, a chunk
+        # of steps at a time so that it stays in cache, plus the biases
+        gx_b = torch.mm(x_b, wih_2g.t()).view(T, B, 4 * H)
+        gx = torch.empty(T, B, 4 * H)
+        for lo in range(0, T, CHUNK):
+            gx[lo : lo + CHUNK].copy_(gx_b[lo : lo + CHUNK]).add_(bias)
+        del gx_b
+        act = torch.empty(T, B, 4 * H)  # i, f, g, o after their nonlinearities
+        c = torch.empty(T + 1, B, H)
+        tc = torch.empty(T, B, H)  # tanh(c_t)
+        y = torch.empty(T, B, H)
+        hb = torch.empty(T + 1, B, H, dtype=BF16)  # h_{t-1} as the recurrent GEMM's operand
+        c[0].copy_(c0)
+        hb[0].copy_(h0)
+        linear, packed = _packed_linear(whh_2g, B)
+        pre = torch.empty(B, 4 * H)
+        twice_c = torch.empty(B, H)
+        sigmoid, mul = torch.sigmoid, torch.mul
+        for t in range(T):
+            pre.copy_(linear(hb[t], packed)).add_(gx[t])
+            a = act[t]
+            sigmoid(pre, out=a)
+            g = a[:, g_rows].mul_(2).sub_(1)
+            mul(a[:, H : 2 * H], c[t], out=c[t + 1])
+            c[t + 1].addcmul_(a[:, :H], g)
+            mul(c[t + 1], 2, out=twice_c)
+            sigmoid(twice_c, out=tc[t]).mul_(2).sub_(1)
+            mul(a[:, 3 * H :], tc[t], out=y[t])
+            hb[t + 1].copy_(y[t])
+        ctx.save_for_backward(x_b, hb, act, c, tc, wih_b, whh_b)
+        return y, y[-1].clone(), c[T].clone()
+
+    @staticmethod
+    def backward(ctx, dy, dh_last, dc_last):
+        x_b, hb, act, c, tc, wih_b, whh_b = ctx.saved_tensors
+        T, B, H = tc.shape
+        dy = torch.zeros(T, B, H) if dy is None else dy.contiguous()
+        # what does not depend on the recurrence, for the whole window (a chunk at a time):
+        # dpre_{i,f,g} = dc_t * k_{i,f,g},  dpre_o = dh_t * k_o,  dc_t = carry + dh_t * a_t
+        k = torch.empty(T, B, 4 * H)
+        a_cell = torch.empty(T, B, H)
+        sig_bw = torch.ops.aten.sigmoid_backward.grad_input
+        tanh_bw = torch.ops.aten.tanh_backward.grad_input
+        for lo in range(0, T, CHUNK):
+            w = slice(lo, lo + CHUNK)
+            i, f, g, o = (act[w, :, n * H : (n + 1) * H] for n in range(4))
+            sig_bw(g, i, grad_input=k[w, :, :H])  # g * i(1-i)
+            sig_bw(c[lo : lo + CHUNK][: len(i)], f, grad_input=k[w, :, H : 2 * H])  # c_{t-1} f(1-f)
+            tanh_bw(i, g, grad_input=k[w, :, 2 * H : 3 * H])  # i (1-g^2)
+            sig_bw(tc[w], o, grad_input=k[w, :, 3 * H :])  # tanh(c_t) o(1-o)
+            tanh_bw(o, tc[w], grad_input=a_cell[w])  # o (1-tanh(c_t)^2)
+        k_cif = k[..., : 3 * H].view(T, B, 3, H)
+        k_o = k[..., 3 * H :]
+        forget = act[..., H : 2 * H]
+        dgates = torch.empty(T, B, 4 * H, dtype=BF16)  # the GEMMs' operand: bf16 from the start
+        d = torch.empty(B, 4 * H)  # one step's gate gradients in fp32
+        d_cif, d_o = d[:, : 3 * H].view(B, 3, H), d[:, 3 * H :]
+        dh = torch.empty(B, H)
+        dc = torch.empty(B, H)
+        carry = dc_last.clone() if dc_last is not None else torch.zeros(B, H)
+        linear, packed = _packed_linear(whh_b.t().contiguous(), B)
+        mul, addcmul = torch.mul, torch.addcmul
+        for t in range(T - 1, -1, -1):
+            if t == T - 1:
+                dh.copy_(dy[t])
+                if dh_last is not None:
+                    dh.add_(dh_last)
+            else:
+                dh.copy_(linear(dgates[t + 1], packed)).add_(dy[t])
+            addcmul(carry, dh, a_cell[t], out=dc)
+            mul(k_cif[t], dc.unsqueeze(1), out=d_cif)
+            mul(k_o[t], dh, out=d_o)
+            dgates[t].copy_(d)
+            mul(dc, forget[t], out=carry)
+        dg2 = dgates.view(T * B, 4 * H)
+        d_h0 = linear(dgates[0], packed).float()
+        d_wih = torch.mm(dg2.t(), x_b).float()
+        d_whh = torch.mm(dg2.t(), hb[:T].reshape(T * B, H)).float()
+        d_b = torch.mm(torch.ones(1, T * B, dtype=BF16), dg2).float().view(-1)
+        d_x = torch.mm(dg2, wih_b).float().view(T, B, -1)
+        return d_x, d_h0, carry, d_wih, d_whh, d_b, d_b
+
+
+#: time steps per slice in whole-window pointwise passes: B x 4H x CHUNK fp32 stays in cache
+CHUNK = 16
+
+
+def _packed_linear(weight: torch.Tensor, batch: int):
+    """x -> x @ weight.T for a bf16 weight used at every step: oneDNN's linear on the weight
+    reordered once into its blocked layout (plain torch.mm where oneDNN is missing)."""
+    mkldnn = torch.ops.mkldnn
+    if torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight"):
+        packed = mkldnn._reorder_linear_weight(weight, batch)
+        return (lambda x, w: mkldnn._linear_pointwise(x, w, None, "none", [], "")), packed
+    return (lambda x, w: torch.mm(x, w.t())), weight
+
+
+@torch.compiler.disable  # one opaque node to torch.compile, like nn.LSTM's kernel
+def lstm_layer_bf16(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """One LSTM layer over a window (x (T,B,I), state (B,H) each) with bf16 GEMMs:
+    returns y (T,B,H), h_T, c_T, all fp32."""
+    return BF16LSTMWindow.apply(x.float(), h0.float(), c0.float(), w_ih, w_hh, b_ih, b_hh)
