@@ -113,7 +113,7 @@ def gradient_rms(model, train_ids: np.ndarray, device=None) -> tuple[dict[str, t
             torch._foreach_addcmul_(ms, grads, grads)
             state = repackage_state(state)
     model.train(was_training)
-    return {name: (m / batches).sqrt_() for name, m in zip(named, ms)}, batches
+    return {name: (m / batches).sqrt_() for name, m in zip(named, ms, strict=True)}, batches
 
 
 def load_or_compute_rms(ckpt, data=None, device=None) -> tuple[dict[str, torch.Tensor], dict]:
@@ -137,7 +137,11 @@ def load_or_compute_rms(ckpt, data=None, device=None) -> tuple[dict[str, torch.T
             and cached.get("recipe") == _recipe()
         ):
             rms = {k: v.to(device) for k, v in cached["rms"].items()}
-            return rms, {"stats": "cached", "stats_path": str(path), "stats_segments": cached["segments"]}
+            return rms, {
+                "stats": "cached",
+                "stats_path": str(path),
+                "stats_segments": cached["segments"],
+            }
     try:
         train_ids, folder, _ = split_ids(ckpt, data, "train", instead="--data DIR")
     except CharLSTMError as e:

@@ -139,9 +139,7 @@ def stream_nats(
 
 
 @torch.no_grad()
-def window_nats(
-    model, ids: np.ndarray, window: int, device=None, dtype=None
-) -> tuple[float, int]:
+def window_nats(model, ids: np.ndarray, window: int, device=None, dtype=None) -> tuple[float, int]:
     """Sum of -log p(next char) over `ids` with at most `window` characters of context, and
     how many: every character after the first exactly once (the scheme is in the module's
     docstring). Windows of `window` ids start every `window // 2`; all run side by side."""
