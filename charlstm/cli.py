@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from charlstm import __version__, ui
 from charlstm.config import PRESETS, TrainConfig
+from charlstm.dynamic import DynamicSettings
 from charlstm.errors import CharLSTMError
 
 
@@ -352,6 +353,8 @@ class Unknown(str, Enum):
     skip = "skip"
 
 
+_DYNAMIC = DynamicSettings()  # the defaults the --dynamic-* options show
+
 CheckpointArg = Annotated[
     Path, typer.Argument(help="A checkpoint written by `charlstm train` (best.pt or last.pt).")
 ]
@@ -379,6 +382,31 @@ def eval_(
     unknown: Annotated[
         Unknown, typer.Option(help="Characters outside the vocabulary: error, or skip them.")
     ] = Unknown.error,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Give every character at most N characters of context (windows of N every "
+            "N/2 characters, each from a zero state; every character scored once).",
+        ),
+    ] = None,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Dynamic evaluation: adapt the weights to the text as it is scored (each "
+            "character still predicted before it is seen). Reported as mode 'dynamic'.",
+        ),
+    ] = False,
+    dynamic_segment: Annotated[
+        int, typer.Option(help="--dynamic: characters scored between two weight updates.")
+    ] = _DYNAMIC.segment,
+    dynamic_lr: Annotated[
+        float, typer.Option(help="--dynamic: step size, in RMS-normalised units.")
+    ] = _DYNAMIC.lr,
+    dynamic_decay: Annotated[
+        float, typer.Option(help="--dynamic: pull back toward the trained weights per update.")
+    ] = _DYNAMIC.decay,
     device: DeviceOption = "auto",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
@@ -389,6 +417,8 @@ def eval_(
 
     from charlstm.evaluation import evaluate
 
+    settings = DynamicSettings(segment=dynamic_segment, lr=dynamic_lr, decay=dynamic_decay)
+    _run(settings.validate)  # a bad value is refused even without --dynamic
     result = _run(
         evaluate,
         checkpoint,
@@ -398,6 +428,8 @@ def eval_(
         batch_size=batch_size,
         device=device,
         unknown=unknown.value,
+        window=window,
+        dynamic=settings if dynamic else None,
     )
     if result.streams < result.streams_asked:
         ui.warn(

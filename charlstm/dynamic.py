@@ -27,12 +27,13 @@ import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import numpy as np
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from charlstm.errors import CharLSTMError, OptionError
+
+if TYPE_CHECKING:  # torch and numpy load inside the functions: the CLI imports this module
+    import numpy as np
+    import torch
 
 # how MS_g is measured: STATS_STREAMS contiguous streams of the training split, spread evenly
 # over it, STATS_BATCHES segments of STATS_SEGMENT characters each, state carried (64,000
@@ -67,6 +68,8 @@ class DynamicSettings:
 
 def weights_sha256(model) -> str:
     """A hash of the model's weights (names, shapes and bytes): what the statistics depend on."""
+    import torch
+
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         t = tensor.detach().cpu().contiguous()
@@ -88,6 +91,10 @@ def _recipe() -> dict:
 def gradient_rms(model, train_ids: np.ndarray, device=None) -> tuple[dict[str, torch.Tensor], int]:
     """sqrt(MS_g): per weight, the root mean square gradient of the mean loss over segments of
     `train_ids` (STATS_STREAMS streams side by side, dropout off), and how many segments."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
     from charlstm.model import repackage_state
 
     device = device or next(model.parameters()).device
@@ -120,6 +127,8 @@ def load_or_compute_rms(ckpt, data=None, device=None) -> tuple[dict[str, torch.T
     """The checkpoint's gradient statistics: from the cache beside it when they match its
     weights and the recipe, else computed from its training split (and cached, when the
     folder can be written). Returns them and a description (for the result)."""
+    import torch
+
     from charlstm.atomic import atomic_open
     from charlstm.evaluation import split_ids
 
@@ -179,6 +188,8 @@ class _backward_ok:
     gradients), so cuDNN is off on CUDA while it runs. Nothing changes on other devices."""
 
     def __init__(self, device) -> None:
+        import torch
+
         self.flags = (
             torch.backends.cudnn.flags(enabled=False)
             if torch.device(device).type == "cuda"
@@ -194,12 +205,105 @@ class _backward_ok:
             self.flags.__exit__(*exc)
 
 
+def _lstm_layer_function():
+    """`torch.autograd.Function` for one LSTM layer whose backward costs about two forwards.
+
+    At batch 1 PyTorch's own LSTM backward adds each time step's outer product into the
+    weight gradients (T passes over every weight); here the gates are recomputed for the whole
+    segment in two GEMMs, the recurrence is walked back one GEMV per step, and each weight
+    gradient is one GEMM over the segment. Forward is the fused kernel itself (the equations
+    and gate order are in model.py). Built on first use, so importing this module stays light.
+    """
+    global _LSTMLayer
+    if _LSTMLayer is not None:
+        return _LSTMLayer
+    import torch
+
+    class LSTMLayer(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+            weights = [w_ih, w_hh, b_ih, b_hh]
+            out, h, c = torch._VF.lstm(x, (h0[None], c0[None]), weights, True, 1, 0.0, False,
+                                       False, False)  # fmt: skip
+            ctx.save_for_backward(x, h0, c0, out, w_ih, w_hh, b_ih, b_hh)
+            return out, h[0], c[0]
+
+        @staticmethod
+        def backward(ctx, d_out, d_h_last, d_c_last):
+            x, h0, c0, out, w_ih, w_hh, b_ih, b_hh = ctx.saved_tensors
+            T, B, H = out.shape
+            h_prev = torch.cat([h0[None], out[:-1]])
+            gates = torch.addmm(b_ih + b_hh, x.reshape(T * B, -1), w_ih.T)
+            gates = gates.addmm_(h_prev.reshape(T * B, H), w_hh.T).view(T, B, 4 * H)
+            i, f, g, o = gates.split(H, dim=-1)
+            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+            ig = i * g
+            c = torch.empty_like(ig)
+            c_t = c0
+            for t in range(T):  # the cell states, elementwise: cheap next to the GEMVs
+                c_t = torch.addcmul(ig[t], f[t], c_t)
+                c[t] = c_t
+            c_prev = torch.cat([c0[None], c[:-1]])
+            tanh_c = c.tanh()
+            d_o_per_dh = tanh_c * o * (1 - o)
+            d_c_per_dh = o * (1 - tanh_c * tanh_c)
+            d_ifg_per_dc = torch.stack([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g)], 2)
+            d_gates = torch.empty(T, B, 4 * H, dtype=out.dtype, device=out.device)
+            d_ifg = d_gates[:, :, : 3 * H].view(T, B, 3, H)
+            dh = d_h_last if d_h_last is not None else torch.zeros_like(h0)
+            dc = d_c_last if d_c_last is not None else torch.zeros_like(c0)
+            for t in range(T - 1, -1, -1):
+                dh_t = dh + d_out[t] if d_out is not None else dh
+                dc = torch.addcmul(dc, dh_t, d_c_per_dh[t])
+                torch.mul(dc[:, None], d_ifg_per_dc[t], out=d_ifg[t])
+                torch.mul(dh_t, d_o_per_dh[t], out=d_gates[t, :, 3 * H :])
+                dc = dc * f[t]
+                dh = d_gates[t] @ w_hh
+            flat = d_gates.reshape(T * B, 4 * H)
+            d_b = flat.sum(0)
+            return (
+                (flat @ w_ih).view(T, B, -1),
+                dh,
+                dc,
+                flat.T @ x.reshape(T * B, -1),
+                flat.T @ h_prev.reshape(T * B, H),
+                d_b,
+                d_b,
+            )
+
+    _LSTMLayer = LSTMLayer
+    return LSTMLayer
+
+
+_LSTMLayer = None
+
+
+def _forward(model, tokens, state):
+    """`model(tokens, state)` (eval mode), with the LSTM layers as `_lstm_layer_function`."""
+    import torch
+
+    layer = _lstm_layer_function()
+    x = model.embedding(tokens)
+    hs, cs = [], []
+    for k in range(model.config.num_layers):
+        weights = [getattr(model.lstm, f"{n}_l{k}") for n in ("weight_ih", "weight_hh",
+                                                              "bias_ih", "bias_hh")]  # fmt: skip
+        x, h, c = layer.apply(x, state[0][k], state[1][k], *weights)
+        hs.append(h)
+        cs.append(c)
+    return model.head(x), (torch.stack(hs), torch.stack(cs))
+
+
 def adapt(
     model, ids: np.ndarray, rms: dict[str, torch.Tensor], settings: DynamicSettings, state=None
 ):
     """Run dynamic evaluation over `ids` with `model` (its weights are changed in place):
     returns (sum of -log p over ids[1:], how many, the state after ids[:-1]). Each segment is
     scored before its gradient step, so no character is predicted after it was seen."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
     from charlstm.model import repackage_state
 
     device = next(model.parameters()).device
@@ -209,28 +313,32 @@ def adapt(
     # Krause et al.'s global decay rates: relative to the mean of the tensors' mean RMS
     rms_mean = sum(float(r.mean()) for r in rms_list) / len(rms_list)
     decay = [(settings.decay * r / max(rms_mean, 1e-30)).clamp_(max=1.0) for r in rms_list]
-    inverse = [1.0 / (r + settings.epsilon) for r in rms_list]
-    theta0 = [p.detach().clone() for p in params]
+    # theta += decay * (theta_0 - theta) - lr * g / (RMS + eps), as three in-place passes:
+    # theta = theta * (1 - decay) + decay * theta_0 + g * (-lr / (RMS + eps))
+    keep = [1.0 - d for d in decay]
+    prior = [d * p.detach() for d, p in zip(decay, params, strict=True)]
+    step = [-settings.lr / (r + settings.epsilon) for r in rms_list]
     tokens = torch.from_numpy(np.asarray(ids, dtype=np.int64)).to(device)
     n_targets = len(tokens) - 1
     was_training = model.training
     model.eval()
     if state is None:
         state = model.init_state(1, device=device, dtype=torch.float32)
+    # on a CPU the batch-1 backward of nn.LSTM is the bottleneck: use our own (same numbers)
+    forward = _forward if device.type == "cpu" else (lambda m, x, s: m(x, s))
     total = 0.0
     with _backward_ok(device):
         for lo in range(0, max(0, n_targets), settings.segment):
             hi = min(n_targets, lo + settings.segment)
-            logits, state = model(tokens[lo:hi, None], state)
+            logits, state = forward(model, tokens[lo:hi, None], state)
             nats = F.cross_entropy(logits[:, 0].float(), tokens[lo + 1 : hi + 1], reduction="sum")
             total += float(nats.detach())
             grads = torch.autograd.grad(nats / (hi - lo), params)
             state = repackage_state(state)
             with torch.no_grad():
-                pull = torch._foreach_sub(theta0, params)
-                torch._foreach_mul_(pull, decay)
-                torch._foreach_add_(params, pull)
-                torch._foreach_addcmul_(params, grads, inverse, value=-settings.lr)
+                torch._foreach_mul_(params, keep)
+                torch._foreach_add_(params, prior)
+                torch._foreach_addcmul_(params, grads, step)
     model.train(was_training)
     return total, max(0, n_targets), state
 

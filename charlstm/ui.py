@@ -263,7 +263,17 @@ def show_eval(result) -> None:
     }
     if result.skipped:
         rows["skipped"] = f"{fmt_int(result.skipped)} unknown characters"
-    show_table("evaluation", rows)
+    title = "evaluation (static, full stream)"
+    if result.mode == "window":
+        title = f"evaluation (static, window {fmt_int(result.window)})"
+        rows["context"] = f"at most {fmt_int(result.window)} characters"
+    elif result.mode == "dynamic":
+        title = "dynamic evaluation (weights adapt to the text)"
+        d = result.dynamic
+        rows["segment, lr, decay"] = f"{d['segment']} chars, {d['lr']:g}, {d['decay']:g}"
+        where = f" ({d['stats_path']})" if d.get("stats_path") else " (not saved)"
+        rows["gradient statistics"] = f"{d['stats']}{where}"
+    show_table(title, rows)
 
 
 def show_report(curves) -> None:
