@@ -368,7 +368,11 @@ CheckpointArg = Annotated[
 def eval_(
     checkpoint: CheckpointArg,
     data: Annotated[
-        Path | None, typer.Option(help="Tokenized folder. Default: the run's own data.")
+        Path | None,
+        typer.Option(
+            help="Tokenized folder. Default: the run's own data. With --dynamic, also where "
+            "the gradient statistics come from (its train split)."
+        ),
     ] = None,
     split: Annotated[
         Split | None, typer.Option(help="Split to score. Default: test if non-empty, else val.")
@@ -484,6 +488,14 @@ def sample(
     dtype: Annotated[
         SampleDtype, typer.Option(help="Weight precision for generation (bf16 reads half).")
     ] = SampleDtype.fp32,
+    adapt: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="First adapt the weights to this document (dynamic evaluation), then "
+            "generate in its style, continuing from it. The document is not printed.",
+        ),
+    ] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Generate text from a checkpoint; the text (prime first) is all that goes to stdout."""
@@ -518,6 +530,7 @@ def sample(
         device=device,
         dtype=dtype.value,
         on_text=(lambda _sample, piece: _emit(piece)) if stream else None,
+        adapt=adapt,
     )
     if stream:
         _emit("\n")

@@ -231,7 +231,8 @@ def evaluate(
         )
     if unknown not in ("error", "skip"):
         raise OptionError(f"unknown --unknown {unknown!r}", "use error or skip")
-    if text is not None and (data is not None or split is not None):
+    # with --dynamic, --data also says where the gradient statistics come from
+    if text is not None and (split is not None or (data is not None and settings is None)):
         raise OptionError("--text scores a file; it does not combine with --data or --split")
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
