@@ -394,6 +394,14 @@ def eval_(
             "N/2 characters, each from a zero state; every character scored once).",
         ),
     ] = None,
+    window_hop: Annotated[
+        int | None,
+        typer.Option(
+            metavar="S",
+            help="With --window N: start a window every S characters (default N/2); each "
+            "character then sees N-S+1..N characters (S = N: disjoint blocks, 1..N).",
+        ),
+    ] = None,
     dynamic: Annotated[
         bool,
         typer.Option(
@@ -433,6 +441,7 @@ def eval_(
         device=device,
         unknown=unknown.value,
         window=window,
+        window_hop=window_hop,
         dynamic=settings if dynamic else None,
     )
     if result.streams < result.streams_asked:

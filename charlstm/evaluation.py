@@ -62,6 +62,7 @@ class EvalResult:
     streams_asked: int = 1  # the batch size asked for (more than `streams` when capped)
     mode: str = "static"  # "static" (full stream), "window" (bounded context) or "dynamic"
     window: int | None = None  # with mode "window": the most context a character gets
+    window_hop: int | None = None  # ... and how far apart the windows start
     dynamic: dict | None = None  # with mode "dynamic": its settings and gradient statistics
 
     @property
@@ -139,10 +140,13 @@ def stream_nats(
 
 
 @torch.no_grad()
-def window_nats(model, ids: np.ndarray, window: int, device=None, dtype=None) -> tuple[float, int]:
+def window_nats(
+    model, ids: np.ndarray, window: int, device=None, dtype=None, hop: int | None = None
+) -> tuple[float, int]:
     """Sum of -log p(next char) over `ids` with at most `window` characters of context, and
     how many: every character after the first exactly once (the scheme is in the module's
-    docstring). Windows of `window` ids start every `window // 2`; all run side by side."""
+    docstring). Windows of `window` ids start every `hop` (default window // 2; hop = window
+    gives disjoint blocks, each character seeing 1..window); all run side by side."""
     from charlstm.runtime import autocast
 
     if window < 2:
@@ -151,7 +155,9 @@ def window_nats(model, ids: np.ndarray, window: int, device=None, dtype=None) ->
     n_targets = len(ids) - 1
     if n_targets < 1:
         return 0.0, 0
-    hop = window // 2
+    hop = window // 2 if hop is None else hop
+    if not 1 <= hop <= window:
+        raise OptionError(f"--window-hop must be in 1..{window} (the window), got {hop}")
     count = 1 + max(0, -(-(n_targets - window) // hop))  # windows needed to reach the end
     starts = np.arange(count, dtype=np.int64) * hop
     length = min(window, n_targets)  # a text shorter than one window is one full-stream pass
@@ -192,6 +198,7 @@ def evaluate(
     device: str = "auto",
     unknown: str = "error",
     window: int | None = None,
+    window_hop: int | None = None,
     dynamic=None,
 ) -> EvalResult:
     """Score a checkpoint (path or loaded `Checkpoint`) on a split of tokenized data (default:
@@ -211,6 +218,11 @@ def evaluate(
         isinstance(window, bool) or not isinstance(window, int) or window < 2
     ):
         raise OptionError(f"--window must be >= 2, got {window}")
+    if window_hop is not None and (window is None or not 1 <= window_hop <= window):
+        raise OptionError(
+            f"--window-hop must be in 1..N with --window N, got {window_hop}",
+            "the default N // 2 gives every character N/2..N characters of context",
+        )
     settings = None
     if dynamic is not None and dynamic is not False:
         from charlstm.dynamic import DynamicSettings
@@ -260,7 +272,7 @@ def evaluate(
     streams = 1 if window is not None else stream_count(len(ids), batch_size)
     start = time.perf_counter()
     if window is not None:
-        nats, count = window_nats(ckpt.model, ids, window, dev, dtype)
+        nats, count = window_nats(ckpt.model, ids, window, dev, dtype, window_hop)
     else:
         nats, count = stream_nats(ckpt.model, ids, streams, dev, dtype)
     if dev.type == "cuda":
@@ -270,6 +282,7 @@ def evaluate(
     return EvalResult(
         loss, bpc, ppl, count, seconds, skipped, split_name, source, streams, batch_size,
         mode="static" if window is None else "window", window=window,
+        window_hop=None if window is None else window_hop or window // 2,
     )  # fmt: skip
 
 

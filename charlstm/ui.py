@@ -266,7 +266,11 @@ def show_eval(result) -> None:
     title = "evaluation (static, full stream)"
     if result.mode == "window":
         title = f"evaluation (static, window {fmt_int(result.window)})"
-        rows["context"] = f"at most {fmt_int(result.window)} characters"
+        hop = result.window_hop or result.window // 2
+        rows["context"] = (
+            f"{fmt_int(result.window - hop + 1)}..{fmt_int(result.window)} characters "
+            f"(the first {fmt_int(result.window)}: 1..{fmt_int(result.window)})"
+        )
     elif result.mode == "dynamic":
         title = "dynamic evaluation (weights adapt to the text)"
         d = result.dynamic

@@ -309,11 +309,11 @@ def test_missing_checkpoint(tmp_path):
 
 
 # -- bounded context: --window N ---------------------------------------------------------------
-def reference_window_nats(model: CharLSTM, ids: np.ndarray, window: int) -> float:
+def reference_window_nats(model: CharLSTM, ids: np.ndarray, window: int, hop=None) -> float:
     """The documented scheme, one character at a time: character p (1..n-1) is predicted from
     a zero state after reading ids[start..p-1], start = 0 for p <= N, else the start kS of the
-    window (S = N // 2) whose scored part (N + (k-1)S, N + kS] holds p."""
-    hop, total = window // 2, 0.0
+    window (S = N // 2 by default) whose scored part (N + (k-1)S, N + kS] holds p."""
+    hop, total = hop or window // 2, 0.0
     for p in range(1, len(ids)):
         k = 0 if p <= window else -(-(p - window) // hop)
         start = k * hop
@@ -331,6 +331,17 @@ def test_window_scores_each_character_once_with_its_documented_context(corpus, w
     nats, count = window_nats(model, ids, window)
     assert count == len(ids) - 1
     assert nats == pytest.approx(reference_window_nats(model, ids, window), rel=1e-5)
+
+
+@pytest.mark.parametrize(("window", "hop"), [(16, 16), (16, 1), (17, 5)])
+def test_window_hop(corpus, window, hop):
+    from charlstm.evaluation import window_nats
+
+    model = load_checkpoint(corpus["ckpt"]).model
+    ids = encode_file(corpus["ckpt"], corpus["text"])[:120]
+    nats, count = window_nats(model, ids, window, hop=hop)
+    assert count == len(ids) - 1
+    assert nats == pytest.approx(reference_window_nats(model, ids, window, hop), rel=1e-5)
 
 
 def test_window_at_least_the_text_is_the_full_stream(corpus):
@@ -364,6 +375,9 @@ def test_window_batches_never_change_the_result(corpus, monkeypatch):
         ({"window": 1}, "--window must be >= 2, got 1"),
         ({"window": 0}, "--window must be >= 2"),
         ({"window": 8, "batch_size": 4}, "--batch-size does not apply to --window"),
+        ({"window": 8, "window_hop": 9}, "--window-hop must be in 1..N"),
+        ({"window": 8, "window_hop": 0}, "--window-hop must be in 1..N"),
+        ({"window_hop": 4}, "--window-hop must be in 1..N with --window N"),
         ({"window": 8, "dynamic": True}, "--dynamic and --window do not combine"),
         ({"dynamic": True, "batch_size": 4}, "--batch-size does not apply to --dynamic"),
     ],
