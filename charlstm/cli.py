@@ -18,6 +18,7 @@ from typer.core import TyperGroup
 
 from charlstm import __version__, ui
 from charlstm.config import PRESETS, TrainConfig
+from charlstm.continuous_cache import CacheSettings
 from charlstm.dynamic import DynamicSettings
 from charlstm.errors import CharLSTMError
 
@@ -354,6 +355,7 @@ class Unknown(str, Enum):
 
 
 _DYNAMIC = DynamicSettings()  # the defaults the --dynamic-* options show
+_CACHE = CacheSettings()  # ... and the --cache-* options
 
 CheckpointArg = Annotated[
     Path, typer.Argument(help="A checkpoint written by `charlstm train` (best.pt or last.pt).")
@@ -419,6 +421,23 @@ def eval_(
     dynamic_decay: Annotated[
         float, typer.Option(help="--dynamic: pull back toward the trained weights per update.")
     ] = _DYNAMIC.decay,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache",
+            help="Mix in a continuous cache of recent hidden states (Grave et al. 2017). "
+            "Reported as mode 'cache'.",
+        ),
+    ] = False,
+    cache_window: Annotated[
+        int, typer.Option(help="--cache: how many earlier positions it holds.")
+    ] = _CACHE.window,
+    cache_theta: Annotated[
+        float, typer.Option(help="--cache: sharpness of the hidden-state match.")
+    ] = _CACHE.theta,
+    cache_lambda: Annotated[
+        float, typer.Option(help="--cache: weight of the cache in the mixture.")
+    ] = _CACHE.lam,
     device: DeviceOption = "auto",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
@@ -431,6 +450,8 @@ def eval_(
 
     settings = DynamicSettings(segment=dynamic_segment, lr=dynamic_lr, decay=dynamic_decay)
     _run(settings.validate)  # a bad value is refused even without --dynamic
+    cache_settings = CacheSettings(window=cache_window, theta=cache_theta, lam=cache_lambda)
+    _run(cache_settings.validate)
     result = _run(
         evaluate,
         checkpoint,
@@ -443,6 +464,7 @@ def eval_(
         window=window,
         window_hop=window_hop,
         dynamic=settings if dynamic else None,
+        cache=cache_settings if cache else None,
     )
     if result.streams < result.streams_asked:
         ui.warn(

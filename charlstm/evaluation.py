@@ -60,10 +60,11 @@ class EvalResult:
     source: str | None = None
     streams: int = 1  # contiguous streams scored side by side
     streams_asked: int = 1  # the batch size asked for (more than `streams` when capped)
-    mode: str = "static"  # "static" (full stream), "window" (bounded context) or "dynamic"
+    mode: str = "static"  # "static" (full stream), "window" (bounded context), "dynamic", "cache"
     window: int | None = None  # with mode "window": the most context a character gets
     window_hop: int | None = None  # ... and how far apart the windows start
     dynamic: dict | None = None  # with mode "dynamic": its settings and gradient statistics
+    cache: dict | None = None  # with mode "cache": the continuous cache's settings
 
     @property
     def chars_per_s(self) -> float:
@@ -200,6 +201,7 @@ def evaluate(
     window: int | None = None,
     window_hop: int | None = None,
     dynamic=None,
+    cache=None,
 ) -> EvalResult:
     """Score a checkpoint (path or loaded `Checkpoint`) on a split of tokenized data (default:
     the run's own data, its test split if non-empty else val) or on a text file encoded with
@@ -208,7 +210,9 @@ def evaluate(
     `window=N` bounds every character's context to at most N characters (`window_nats`).
     `dynamic=True` (or a `DynamicSettings`) scores with dynamic evaluation instead: the
     weights adapt to the text as it is scored (`charlstm.dynamic`); the result's `mode` says
-    which, so static and dynamic numbers are never confused."""
+    which, so static and dynamic numbers are never confused. `cache=True` (or a
+    `CacheSettings`) mixes in a continuous cache of recent hidden states
+    (`charlstm.continuous_cache`, mode "cache")."""
     from charlstm.checkpoint import Checkpoint, load_checkpoint
     from charlstm.runtime import autocast_dtype, resolve_device
 
@@ -235,8 +239,23 @@ def evaluate(
             raise OptionError(
                 "--dynamic and --window do not combine", "dynamic evaluation reads one stream"
             )
-    if batch_size != 1 and (window is not None or settings is not None):
-        what = "--window" if window is not None else "--dynamic"
+    cache_settings = None
+    if cache is not None and cache is not False:
+        from charlstm.continuous_cache import CacheSettings
+
+        cache_settings = CacheSettings() if cache is True else cache
+        if not isinstance(cache_settings, CacheSettings):
+            raise OptionError("cache must be True or a CacheSettings")
+        cache_settings.validate()
+        if window is not None or settings is not None:
+            raise OptionError(
+                "--cache does not combine with --window or --dynamic",
+                "each is reported on its own; run them one at a time",
+            )
+    if batch_size != 1 and (
+        window is not None or settings is not None or cache_settings is not None
+    ):
+        what = "--window" if window is not None else "--dynamic" if settings else "--cache"
         raise OptionError(
             f"--batch-size does not apply to {what}",
             "windows are batched on their own; dynamic evaluation reads one stream",
@@ -267,6 +286,17 @@ def evaluate(
         return EvalResult(
             loss, bpc, ppl, count, seconds, skipped, split_name, source, mode="dynamic",
             dynamic=info,
+        )  # fmt: skip
+    if cache_settings is not None:
+        from charlstm.continuous_cache import cache_nats
+
+        start = time.perf_counter()
+        nats, count = cache_nats(ckpt.model, ids, cache_settings, dev)
+        seconds = time.perf_counter() - start
+        loss, bpc, ppl = metrics_from_nats(nats, count)
+        return EvalResult(
+            loss, bpc, ppl, count, seconds, skipped, split_name, source, mode="cache",
+            cache=asdict(cache_settings),
         )  # fmt: skip
     dtype = autocast_dtype(dev, "auto") if dev.type == "cuda" else None
     streams = 1 if window is not None else stream_count(len(ids), batch_size)

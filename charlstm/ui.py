@@ -271,6 +271,10 @@ def show_eval(result) -> None:
             f"{fmt_int(result.window - hop + 1)}..{fmt_int(result.window)} characters "
             f"(the first {fmt_int(result.window)}: 1..{fmt_int(result.window)})"
         )
+    elif result.mode == "cache":
+        title = "evaluation with a continuous cache (static weights)"
+        c = result.cache
+        rows["cache window, theta, lambda"] = f"{c['window']}, {c['theta']:g}, {c['lam']:g}"
     elif result.mode == "dynamic":
         title = "dynamic evaluation (weights adapt to the text)"
         d = result.dynamic
