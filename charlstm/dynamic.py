@@ -50,7 +50,7 @@ class DynamicSettings:
     val split (README) and are meant to be kept across corpora."""
 
     segment: int = 20  # characters scored between two weight updates
-    lr: float = 2e-4  # eta: the step, in units of each weight's RMS training gradient
+    lr: float = 6e-5  # eta: the step, in units of each weight's RMS training gradient
     decay: float = 0.01  # lambda: pull back toward the trained weights per update
     epsilon: float = 1e-5  # added to RMS (guards weights whose gradients are ~0)
 
@@ -345,9 +345,14 @@ def adapt(
 
 def dynamic_nats(ckpt, ids: np.ndarray, settings: DynamicSettings, *, data=None, device=None):
     """Dynamic evaluation of `ids` on a copy of the checkpoint's model (the checkpoint is left
-    as it was): (sum of -log p, how many, a description of the settings and statistics)."""
+    as it was): (sum of -log p, how many, a description of the settings and statistics,
+    with the seconds spent getting the statistics)."""
+    import time
+
     settings.validate()
+    start = time.perf_counter()
     rms, info = load_or_compute_rms(ckpt, data, device)
+    info["stats_seconds"] = time.perf_counter() - start
     model = copy.deepcopy(ckpt.model)
     total, count, _ = adapt(model, ids, rms, settings)
     return total, count, {**asdict(settings), **info}

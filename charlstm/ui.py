@@ -280,7 +280,7 @@ def show_eval(result) -> None:
         d = result.dynamic
         rows["segment, lr, decay"] = f"{d['segment']} chars, {d['lr']:g}, {d['decay']:g}"
         where = f" ({d['stats_path']})" if d.get("stats_path") else " (not saved)"
-        rows["gradient statistics"] = f"{d['stats']}{where}"
+        rows["gradient statistics"] = f"{d['stats']}{where}, {d['stats_seconds']:.1f} s"
     show_table(title, rows)
 
 
