@@ -35,7 +35,7 @@ class CacheSettings:
 
     window: int = 2000  # how many earlier positions the cache holds
     theta: float = 0.3  # sharpness of the match between hidden states
-    lam: float = 0.1  # weight of the cache in the mixture
+    lam: float = 0.2  # weight of the cache in the mixture
 
     def validate(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:

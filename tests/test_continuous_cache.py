@@ -95,7 +95,7 @@ def test_cli_cache_json(corpus, run_cli):
     result = run_cli("eval", corpus["ckpt"], "--split", "val", "--cache", "--json")
     assert result.exit_code == 0, result.stderr
     out = json.loads(result.stdout)
-    assert out["mode"] == "cache" and out["cache"] == {"window": 2000, "theta": 0.3, "lam": 0.1}
+    assert out["mode"] == "cache" and out["cache"] == {"window": 2000, "theta": 0.3, "lam": 0.2}
     table = run_cli("eval", corpus["ckpt"], "--split", "val", "--cache", "--cache-window", "9")
     assert table.exit_code == 0 and "continuous cache" in table.stderr and "9, 0.3" in table.stderr
 
