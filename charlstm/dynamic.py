@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # torch and numpy load inside the functions: the CLI imports 
 
 # how MS_g is measured: STATS_STREAMS contiguous streams of the training split, spread evenly
 # over it, STATS_BATCHES segments of STATS_SEGMENT characters each, state carried (64,000
-# characters; more changes the result by little, see README)
+# characters, computed once per checkpoint and cached)
 STATS_STREAMS = 32
 STATS_SEGMENT = 20
 STATS_BATCHES = 100
