@@ -95,6 +95,23 @@ class FastLSTMStep:
         self.h = [h[k].float().clone() for k in range(self.num_layers)]
         self.c = [c[k].float().clone() for k in range(self.num_layers)]
 
+    def join(self, state) -> None:
+        """Append streams: their (h, c), each (num_layers, n, hidden), become the last n rows."""
+        h, c = state
+        self.h = [torch.cat([self.h[k], h[k].float()]) for k in range(self.num_layers)]
+        self.c = [torch.cat([self.c[k], c[k].float()]) for k in range(self.num_layers)]
+        self._resize()
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the streams at these row indices (in this order); the others leave."""
+        self.h = [h.index_select(0, rows) for h in self.h]
+        self.c = [c.index_select(0, rows) for c in self.c]
+        self._resize()
+
+    def _resize(self) -> None:
+        self.batch_size = self.h[0].shape[0]
+        self.logits = self.logits.new_empty(self.batch_size, self.logits.shape[1])
+
     @torch.no_grad()
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B,) -> logits (B, vocab) for the next character; advances the state."""

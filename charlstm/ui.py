@@ -423,6 +423,15 @@ def show_export(result) -> None:
     show_table(f"exported ({result.format})", rows)
 
 
+def show_serving(facts: Mapping) -> None:
+    """Where `charlstm serve` listens (one line a script can read: the URL comes first)."""
+    key = "; an API key is required" if facts["api_key_required"] else ""
+    info(
+        f"serving {facts['url']}  model {facts['model']!r}  playground {facts['url']}/  "
+        f"API {facts['url']}/v1{key}  (Ctrl-C stops)"
+    )
+
+
 def show_paths(title: str, paths: Mapping[str, Path]) -> None:
     show_table(title, {k: str(v) for k, v in paths.items()})
 
