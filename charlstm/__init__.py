@@ -36,6 +36,7 @@ _LAZY = {
     "TrainResult": "charlstm.progress",
     "evaluate": "charlstm.evaluation",
     "EvalResult": "charlstm.evaluation",
+    "DynamicSettings": "charlstm.dynamic",
     "generate": "charlstm.sampling",
     "load_checkpoint": "charlstm.checkpoint",
     "Checkpoint": "charlstm.checkpoint",
@@ -55,6 +56,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from charlstm.checkpoint import Checkpoint, load_checkpoint
     from charlstm.config import ModelConfig, TrainConfig
     from charlstm.corpus import bundled_corpus
+    from charlstm.dynamic import DynamicSettings
     from charlstm.evaluation import EvalResult, evaluate
     from charlstm.export import ExportResult, export_onnx, export_web, verify_onnx
     from charlstm.inspection import Inspection, inspect_text

@@ -18,6 +18,8 @@ from typer.core import TyperGroup
 
 from charlstm import __version__, ui
 from charlstm.config import PRESETS, TrainConfig
+from charlstm.continuous_cache import CacheSettings
+from charlstm.dynamic import DynamicSettings
 from charlstm.errors import CharLSTMError
 
 
@@ -352,6 +354,9 @@ class Unknown(str, Enum):
     skip = "skip"
 
 
+_DYNAMIC = DynamicSettings()  # the defaults the --dynamic-* options show
+_CACHE = CacheSettings()  # ... and the --cache-* options
+
 CheckpointArg = Annotated[
     Path, typer.Argument(help="A checkpoint written by `charlstm train` (best.pt or last.pt).")
 ]
@@ -365,7 +370,11 @@ CheckpointArg = Annotated[
 def eval_(
     checkpoint: CheckpointArg,
     data: Annotated[
-        Path | None, typer.Option(help="Tokenized folder. Default: the run's own data.")
+        Path | None,
+        typer.Option(
+            help="Tokenized folder. Default: the run's own data. With --dynamic, also where "
+            "the gradient statistics come from (its train split)."
+        ),
     ] = None,
     split: Annotated[
         Split | None, typer.Option(help="Split to score. Default: test if non-empty, else val.")
@@ -379,6 +388,56 @@ def eval_(
     unknown: Annotated[
         Unknown, typer.Option(help="Characters outside the vocabulary: error, or skip them.")
     ] = Unknown.error,
+    window: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Give every character at most N characters of context (windows of N every "
+            "N/2 characters, each from a zero state; every character scored once).",
+        ),
+    ] = None,
+    window_hop: Annotated[
+        int | None,
+        typer.Option(
+            metavar="S",
+            help="With --window N: start a window every S characters (default N/2); each "
+            "character then sees N-S+1..N characters (S = N: disjoint blocks, 1..N).",
+        ),
+    ] = None,
+    dynamic: Annotated[
+        bool,
+        typer.Option(
+            "--dynamic",
+            help="Dynamic evaluation: adapt the weights to the text as it is scored (each "
+            "character still predicted before it is seen). Reported as mode 'dynamic'.",
+        ),
+    ] = False,
+    dynamic_segment: Annotated[
+        int, typer.Option(help="--dynamic: characters scored between two weight updates.")
+    ] = _DYNAMIC.segment,
+    dynamic_lr: Annotated[
+        float, typer.Option(help="--dynamic: step size, in RMS-normalised units.")
+    ] = _DYNAMIC.lr,
+    dynamic_decay: Annotated[
+        float, typer.Option(help="--dynamic: pull back toward the trained weights per update.")
+    ] = _DYNAMIC.decay,
+    cache: Annotated[
+        bool,
+        typer.Option(
+            "--cache",
+            help="Mix in a continuous cache of recent hidden states (Grave et al. 2017). "
+            "Reported as mode 'cache'.",
+        ),
+    ] = False,
+    cache_window: Annotated[
+        int, typer.Option(help="--cache: how many earlier positions it holds.")
+    ] = _CACHE.window,
+    cache_theta: Annotated[
+        float, typer.Option(help="--cache: sharpness of the hidden-state match.")
+    ] = _CACHE.theta,
+    cache_lambda: Annotated[
+        float, typer.Option(help="--cache: weight of the cache in the mixture.")
+    ] = _CACHE.lam,
     device: DeviceOption = "auto",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
@@ -389,6 +448,10 @@ def eval_(
 
     from charlstm.evaluation import evaluate
 
+    settings = DynamicSettings(segment=dynamic_segment, lr=dynamic_lr, decay=dynamic_decay)
+    _run(settings.validate)  # a bad value is refused even without --dynamic
+    cache_settings = CacheSettings(window=cache_window, theta=cache_theta, lam=cache_lambda)
+    _run(cache_settings.validate)
     result = _run(
         evaluate,
         checkpoint,
@@ -398,6 +461,10 @@ def eval_(
         batch_size=batch_size,
         device=device,
         unknown=unknown.value,
+        window=window,
+        window_hop=window_hop,
+        dynamic=settings if dynamic else None,
+        cache=cache_settings if cache else None,
     )
     if result.streams < result.streams_asked:
         ui.warn(
@@ -452,6 +519,14 @@ def sample(
     dtype: Annotated[
         SampleDtype, typer.Option(help="Weight precision for generation (bf16 reads half).")
     ] = SampleDtype.fp32,
+    adapt: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="First adapt the weights to this document (dynamic evaluation), then "
+            "generate in its style, continuing from it. The document is not printed.",
+        ),
+    ] = None,
     device: DeviceOption = "auto",
 ) -> None:
     """Generate text from a checkpoint; the text (prime first) is all that goes to stdout."""
@@ -486,6 +561,7 @@ def sample(
         device=device,
         dtype=dtype.value,
         on_text=(lambda _sample, piece: _emit(piece)) if stream else None,
+        adapt=adapt,
     )
     if stream:
         _emit("\n")

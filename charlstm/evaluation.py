@@ -6,6 +6,16 @@ a zero state, so its first few characters are predicted with less context than a
 stream (B = 1, the reference) would have. That warm-up is the whole price of batching: the
 same characters are scored, each exactly once, with the state carried from the start of its
 stream. bpc = loss / ln 2 and perplexity = e^loss.
+
+Windowed evaluation (`window_nats`, `charlstm eval --window N`) bounds the context instead:
+windows of N characters start every S = N // 2 characters, each from a zero state. The first
+window scores all of its N predictions (characters 1..N, from 1..N characters of context);
+window k >= 1 starts at character kS and scores only its last S predictions (characters
+N + (k-1)S + 1 .. N + kS), each made from N - S + 1 .. N characters of context. So every
+character after the first is scored exactly once, with at most N characters of context, and
+after the first window with at least N - S + 1. The windows are independent, so they run
+side by side in batches: exhaustive, deterministic, and about N / S = 2x the work of one
+stream.
 """
 
 from __future__ import annotations
@@ -50,6 +60,11 @@ class EvalResult:
     source: str | None = None
     streams: int = 1  # contiguous streams scored side by side
     streams_asked: int = 1  # the batch size asked for (more than `streams` when capped)
+    mode: str = "static"  # "static" (full stream), "window" (bounded context), "dynamic", "cache"
+    window: int | None = None  # with mode "window": the most context a character gets
+    window_hop: int | None = None  # ... and how far apart the windows start
+    dynamic: dict | None = None  # with mode "dynamic": its settings and gradient statistics
+    cache: dict | None = None  # with mode "cache": the continuous cache's settings
 
     @property
     def chars_per_s(self) -> float:
@@ -125,6 +140,55 @@ def stream_nats(
     return total, int(lengths.sum())
 
 
+@torch.no_grad()
+def window_nats(
+    model, ids: np.ndarray, window: int, device=None, dtype=None, hop: int | None = None
+) -> tuple[float, int]:
+    """Sum of -log p(next char) over `ids` with at most `window` characters of context, and
+    how many: every character after the first exactly once (the scheme is in the module's
+    docstring). Windows of `window` ids start every `hop` (default window // 2; hop = window
+    gives disjoint blocks, each character seeing 1..window); all run side by side."""
+    from charlstm.runtime import autocast
+
+    if window < 2:
+        raise OptionError(f"--window must be >= 2, got {window}")
+    device = device or next(model.parameters()).device
+    n_targets = len(ids) - 1
+    if n_targets < 1:
+        return 0.0, 0
+    hop = window // 2 if hop is None else hop
+    if not 1 <= hop <= window:
+        raise OptionError(f"--window-hop must be in 1..{window} (the window), got {hop}")
+    count = 1 + max(0, -(-(n_targets - window) // hop))  # windows needed to reach the end
+    starts = np.arange(count, dtype=np.int64) * hop
+    length = min(window, n_targets)  # a text shorter than one window is one full-stream pass
+    # window k scores its predictions from offset `first` on: 0 for the first window, then
+    # window - hop (those before were scored by the window before it)
+    first = np.where(starts == 0, 0, window - hop)
+    per_batch = max(1, EVAL_MAX_LOGITS // (length * model.config.vocab_size))
+    was_training = model.training
+    model.eval()
+    total, scored = 0.0, 0
+    offs = np.arange(length + 1, dtype=np.int64)[:, None]  # (T+1, 1)
+    for lo in range(0, count, per_batch):
+        batch_starts, batch_first = starts[lo : lo + per_batch], first[lo : lo + per_batch]
+        index = batch_starts[None, :] + offs
+        valid = (offs[:-1] >= batch_first[None, :]) & (index[1:] <= n_targets)  # (T, B)
+        tokens = torch.from_numpy(np.asarray(ids[np.minimum(index, n_targets)], np.int64))
+        tokens = tokens.to(device)
+        state = model.init_state(len(batch_starts), device=device, dtype=torch.float32)
+        with autocast(device, dtype):
+            logits, _ = model(tokens[:-1], state)
+        nats = F.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]), tokens[1:].reshape(-1), reduction="none"
+        )
+        mask = torch.from_numpy(valid.reshape(-1)).to(device)
+        total += float((nats * mask).cpu().sum(dtype=torch.float64))
+        scored += int(valid.sum())
+    model.train(was_training)
+    return total, scored
+
+
 def evaluate(
     checkpoint,
     *,
@@ -134,18 +198,72 @@ def evaluate(
     batch_size: int = 1,
     device: str = "auto",
     unknown: str = "error",
+    window: int | None = None,
+    window_hop: int | None = None,
+    dynamic=None,
+    cache=None,
 ) -> EvalResult:
     """Score a checkpoint (path or loaded `Checkpoint`) on a split of tokenized data (default:
     the run's own data, its test split if non-empty else val) or on a text file encoded with
-    the checkpoint's vocabulary."""
+    the checkpoint's vocabulary.
+
+    `window=N` bounds every character's context to at most N characters (`window_nats`).
+    `dynamic=True` (or a `DynamicSettings`) scores with dynamic evaluation instead: the
+    weights adapt to the text as it is scored (`charlstm.dynamic`); the result's `mode` says
+    which, so static and dynamic numbers are never confused. `cache=True` (or a
+    `CacheSettings`) mixes in a continuous cache of recent hidden states
+    (`charlstm.continuous_cache`, mode "cache")."""
     from charlstm.checkpoint import Checkpoint, load_checkpoint
     from charlstm.runtime import autocast_dtype, resolve_device
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 2
+    ):
+        raise OptionError(f"--window must be >= 2, got {window}")
+    if window_hop is not None and (window is None or not 1 <= window_hop <= window):
+        raise OptionError(
+            f"--window-hop must be in 1..N with --window N, got {window_hop}",
+            "the default N // 2 gives every character N/2..N characters of context",
+        )
+    settings = None
+    if dynamic is not None and dynamic is not False:
+        from charlstm.dynamic import DynamicSettings
+
+        settings = DynamicSettings() if dynamic is True else dynamic
+        if not isinstance(settings, DynamicSettings):
+            raise OptionError("dynamic must be True or a DynamicSettings")
+        settings.validate()
+        if window is not None:
+            raise OptionError(
+                "--dynamic and --window do not combine", "dynamic evaluation reads one stream"
+            )
+    cache_settings = None
+    if cache is not None and cache is not False:
+        from charlstm.continuous_cache import CacheSettings
+
+        cache_settings = CacheSettings() if cache is True else cache
+        if not isinstance(cache_settings, CacheSettings):
+            raise OptionError("cache must be True or a CacheSettings")
+        cache_settings.validate()
+        if window is not None or settings is not None:
+            raise OptionError(
+                "--cache does not combine with --window or --dynamic",
+                "each is reported on its own; run them one at a time",
+            )
+    if batch_size != 1 and (
+        window is not None or settings is not None or cache_settings is not None
+    ):
+        what = "--window" if window is not None else "--dynamic" if settings else "--cache"
+        raise OptionError(
+            f"--batch-size does not apply to {what}",
+            "windows are batched on their own; dynamic evaluation reads one stream",
+        )
     if unknown not in ("error", "skip"):
         raise OptionError(f"unknown --unknown {unknown!r}", "use error or skip")
-    if text is not None and (data is not None or split is not None):
+    # with --dynamic, --data also says where the gradient statistics come from
+    if text is not None and (split is not None or (data is not None and settings is None)):
         raise OptionError("--text scores a file; it does not combine with --data or --split")
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
@@ -158,22 +276,45 @@ def evaluate(
         ids, source, split_name = split_ids(ckpt, data, split)
     if len(ids) < 2:
         raise CharLSTMError(f"{source} has fewer than 2 characters to score", "give it more text")
-    streams = stream_count(len(ids), batch_size)
+    if settings is not None:
+        from charlstm.dynamic import dynamic_nats
+
+        start = time.perf_counter()
+        nats, count, info = dynamic_nats(ckpt, ids, settings, data=data, device=dev)
+        # the speed is the scoring's: the one-off gradient statistics are timed on their own
+        seconds = time.perf_counter() - start - info["stats_seconds"]
+        loss, bpc, ppl = metrics_from_nats(nats, count)
+        return EvalResult(
+            loss, bpc, ppl, count, seconds, skipped, split_name, source, mode="dynamic",
+            dynamic=info,
+        )  # fmt: skip
+    if cache_settings is not None:
+        from charlstm.continuous_cache import cache_nats
+
+        start = time.perf_counter()
+        nats, count = cache_nats(ckpt.model, ids, cache_settings, dev)
+        seconds = time.perf_counter() - start
+        loss, bpc, ppl = metrics_from_nats(nats, count)
+        return EvalResult(
+            loss, bpc, ppl, count, seconds, skipped, split_name, source, mode="cache",
+            cache=asdict(cache_settings),
+        )  # fmt: skip
+    dtype = autocast_dtype(dev, "auto") if dev.type == "cuda" else None
+    streams = 1 if window is not None else stream_count(len(ids), batch_size)
     start = time.perf_counter()
-    nats, count = stream_nats(
-        ckpt.model,
-        ids,
-        streams,
-        dev,
-        autocast_dtype(dev, "auto") if dev.type == "cuda" else None,
-    )
+    if window is not None:
+        nats, count = window_nats(ckpt.model, ids, window, dev, dtype, window_hop)
+    else:
+        nats, count = stream_nats(ckpt.model, ids, streams, dev, dtype)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     loss, bpc, ppl = metrics_from_nats(nats, count)
     return EvalResult(
-        loss, bpc, ppl, count, seconds, skipped, split_name, source, streams, batch_size
-    )
+        loss, bpc, ppl, count, seconds, skipped, split_name, source, streams, batch_size,
+        mode="static" if window is None else "window", window=window,
+        window_hop=None if window is None else window_hop or window // 2,
+    )  # fmt: skip
 
 
 def _encode_text_file(path: Path, vocab, unknown: str) -> tuple[np.ndarray, int]:

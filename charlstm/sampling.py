@@ -172,9 +172,17 @@ def generate(
     device: str = "auto",
     dtype: str = "fp32",
     on_text: Callable[[int, str], None] | None = None,
+    adapt: str | Path | None = None,
+    adapt_settings=None,
+    data: str | Path | None = None,
 ) -> list[str]:
     """Generate `num_samples` texts of `length` new characters (after the prime, which each
-    text starts with). `on_text(sample, piece)` receives text as it is produced."""
+    text starts with). `on_text(sample, piece)` receives text as it is produced.
+
+    `adapt=FILE` first reads that document with dynamic evaluation (`charlstm.dynamic`,
+    `adapt_settings` or its defaults; gradient statistics from the run's training data or
+    `data`), then generates with the adapted weights, continuing from the state the document
+    left: the prime (if any) follows the document, and the document itself is not printed."""
     from charlstm.checkpoint import Checkpoint, load_checkpoint
     from charlstm.runtime import resolve_device
 
@@ -185,6 +193,18 @@ def generate(
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     model, vocab = ckpt.model.to(dev).eval(), ckpt.vocab
     start_ids, printed_prime = _start_ids(vocab, prime)
+    prime_ids = start_ids
+    state = None
+    if adapt is not None:
+        from charlstm.dynamic import adapted_model
+        from charlstm.evaluation import _encode_text_file
+
+        doc, _ = _encode_text_file(Path(adapt), vocab, "error")
+        if len(doc) < 2:
+            raise CharLSTMError(f"--adapt {adapt} has fewer than 2 characters", "give it text")
+        model, state = adapted_model(ckpt, doc, adapt_settings, data=data)
+        # the state has read all of the document but its last character: that comes next
+        start_ids = np.concatenate([doc[-1:], start_ids if printed_prime else start_ids[:0]])
     generator = torch.Generator(device=dev)
     generator.manual_seed(
         seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
@@ -201,10 +221,12 @@ def generate(
 
     if printed_prime:
         for s in range(num_samples):
-            emit(s, start_ids)
+            emit(s, prime_ids)
     with torch.no_grad():
         tokens = torch.from_numpy(start_ids).to(dev)[:, None].expand(-1, num_samples)
-        logits, state = model(tokens.contiguous())  # the whole prime in one pass
+        if state is not None:
+            state = tuple(s.expand(-1, num_samples, -1).contiguous() for s in state)
+        logits, state = model(tokens.contiguous(), state)  # the whole prime in one pass
         logits = logits[-1].float()
         step = FastLSTMStep(model, num_samples, DTYPES[dtype])
         step.load_state(state)

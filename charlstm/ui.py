@@ -263,7 +263,25 @@ def show_eval(result) -> None:
     }
     if result.skipped:
         rows["skipped"] = f"{fmt_int(result.skipped)} unknown characters"
-    show_table("evaluation", rows)
+    title = "evaluation (static, full stream)"
+    if result.mode == "window":
+        title = f"evaluation (static, window {fmt_int(result.window)})"
+        hop = result.window_hop or result.window // 2
+        rows["context"] = (
+            f"{fmt_int(result.window - hop + 1)}..{fmt_int(result.window)} characters "
+            f"(the first {fmt_int(result.window)}: 1..{fmt_int(result.window)})"
+        )
+    elif result.mode == "cache":
+        title = "evaluation with a continuous cache (static weights)"
+        c = result.cache
+        rows["cache window, theta, lambda"] = f"{c['window']}, {c['theta']:g}, {c['lam']:g}"
+    elif result.mode == "dynamic":
+        title = "dynamic evaluation (weights adapt to the text)"
+        d = result.dynamic
+        rows["segment, lr, decay"] = f"{d['segment']} chars, {d['lr']:g}, {d['decay']:g}"
+        where = f" ({d['stats_path']})" if d.get("stats_path") else " (not saved)"
+        rows["gradient statistics"] = f"{d['stats']}{where}, {d['stats_seconds']:.1f} s"
+    show_table(title, rows)
 
 
 def show_report(curves) -> None:

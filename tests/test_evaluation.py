@@ -306,3 +306,83 @@ def test_bad_options(corpus, options, message):
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CharLSTMError, match="checkpoint not found"):
         evaluate(tmp_path / "none.pt", device="cpu")
+
+
+# -- bounded context: --window N ---------------------------------------------------------------
+def reference_window_nats(model: CharLSTM, ids: np.ndarray, window: int, hop=None) -> float:
+    """The documented scheme, one character at a time: character p (1..n-1) is predicted from
+    a zero state after reading ids[start..p-1], start = 0 for p <= N, else the start kS of the
+    window (S = N // 2 by default) whose scored part (N + (k-1)S, N + kS] holds p."""
+    hop, total = hop or window // 2, 0.0
+    for p in range(1, len(ids)):
+        k = 0 if p <= window else -(-(p - window) // hop)
+        start = k * hop
+        assert 1 <= p - start <= window and (p <= window or p - start > window - hop)
+        total += reference_nats(model, ids[start : p + 1])[-1]
+    return total
+
+
+@pytest.mark.parametrize("window", [2, 3, 16, 17])
+def test_window_scores_each_character_once_with_its_documented_context(corpus, window):
+    from charlstm.evaluation import window_nats
+
+    model = load_checkpoint(corpus["ckpt"]).model
+    ids = encode_file(corpus["ckpt"], corpus["text"])[:150]
+    nats, count = window_nats(model, ids, window)
+    assert count == len(ids) - 1
+    assert nats == pytest.approx(reference_window_nats(model, ids, window), rel=1e-5)
+
+
+@pytest.mark.parametrize(("window", "hop"), [(16, 16), (16, 1), (17, 5)])
+def test_window_hop(corpus, window, hop):
+    from charlstm.evaluation import window_nats
+
+    model = load_checkpoint(corpus["ckpt"]).model
+    ids = encode_file(corpus["ckpt"], corpus["text"])[:120]
+    nats, count = window_nats(model, ids, window, hop=hop)
+    assert count == len(ids) - 1
+    assert nats == pytest.approx(reference_window_nats(model, ids, window, hop), rel=1e-5)
+
+
+def test_window_at_least_the_text_is_the_full_stream(corpus):
+    full = evaluate(corpus["ckpt"], text=corpus["text"], device="cpu")
+    whole = evaluate(corpus["ckpt"], text=corpus["text"], device="cpu", window=700)
+    assert whole.loss == pytest.approx(full.loss, rel=1e-6) and whole.chars == full.chars
+    assert (whole.mode, whole.window, full.mode) == ("window", 700, "static")
+
+
+def test_window_is_deterministic_and_bounds_context(corpus):
+    full = evaluate(corpus["ckpt"], text=corpus["text"], device="cpu")
+    runs = [evaluate(corpus["ckpt"], text=corpus["text"], device="cpu", window=32) for _ in "ab"]
+    assert runs[0].loss == runs[1].loss and runs[0].chars == full.chars
+    assert runs[0].loss != full.loss  # this model reads more than 32 characters back
+    assert runs[0].to_dict()["mode"] == "window" and runs[0].to_dict()["window"] == 32
+
+
+def test_window_batches_never_change_the_result(corpus, monkeypatch):
+    import charlstm.evaluation as evaluation
+
+    one = evaluate(corpus["ckpt"], text=corpus["text"], device="cpu", window=40)
+    vocab = load_checkpoint(corpus["ckpt"]).vocab.size
+    monkeypatch.setattr(evaluation, "EVAL_MAX_LOGITS", 40 * vocab * 3)  # 3 windows a batch
+    batched = evaluate(corpus["ckpt"], text=corpus["text"], device="cpu", window=40)
+    assert batched.loss == pytest.approx(one.loss, rel=1e-6) and batched.chars == one.chars
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"window": 1}, "--window must be >= 2, got 1"),
+        ({"window": 0}, "--window must be >= 2"),
+        ({"window": 8, "batch_size": 4}, "--batch-size does not apply to --window"),
+        ({"window": 8, "window_hop": 9}, "--window-hop must be in 1..N"),
+        ({"window": 8, "window_hop": 0}, "--window-hop must be in 1..N"),
+        ({"window_hop": 4}, "--window-hop must be in 1..N with --window N"),
+        ({"window": 8, "dynamic": True}, "--dynamic and --window do not combine"),
+        ({"dynamic": True, "batch_size": 4}, "--batch-size does not apply to --dynamic"),
+    ],
+)
+def test_bad_window_options(corpus, options, message):
+    with pytest.raises(CharLSTMError, match=message) as e:
+        evaluate(corpus["ckpt"], text=corpus["text"], device="cpu", **options)
+    assert e.value.exit_code == 2
