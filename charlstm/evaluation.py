@@ -216,50 +216,7 @@ def evaluate(
     from charlstm.checkpoint import Checkpoint, load_checkpoint
     from charlstm.runtime import autocast_dtype, resolve_device
 
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
-    if window is not None and (
-        isinstance(window, bool) or not isinstance(window, int) or window < 2
-    ):
-        raise OptionError(f"--window must be >= 2, got {window}")
-    if window_hop is not None and (window is None or not 1 <= window_hop <= window):
-        raise OptionError(
-            f"--window-hop must be in 1..N with --window N, got {window_hop}",
-            "the default N // 2 gives every character N/2..N characters of context",
-        )
-    settings = None
-    if dynamic is not None and dynamic is not False:
-        from charlstm.dynamic import DynamicSettings
-
-        settings = DynamicSettings() if dynamic is True else dynamic
-        if not isinstance(settings, DynamicSettings):
-            raise OptionError("dynamic must be True or a DynamicSettings")
-        settings.validate()
-        if window is not None:
-            raise OptionError(
-                "--dynamic and --window do not combine", "dynamic evaluation reads one stream"
-            )
-    cache_settings = None
-    if cache is not None and cache is not False:
-        from charlstm.continuous_cache import CacheSettings
-
-        cache_settings = CacheSettings() if cache is True else cache
-        if not isinstance(cache_settings, CacheSettings):
-            raise OptionError("cache must be True or a CacheSettings")
-        cache_settings.validate()
-        if window is not None or settings is not None:
-            raise OptionError(
-                "--cache does not combine with --window or --dynamic",
-                "each is reported on its own; run them one at a time",
-            )
-    if batch_size != 1 and (
-        window is not None or settings is not None or cache_settings is not None
-    ):
-        what = "--window" if window is not None else "--dynamic" if settings else "--cache"
-        raise OptionError(
-            f"--batch-size does not apply to {what}",
-            "windows are batched on their own; dynamic evaluation reads one stream",
-        )
+    settings, cache_settings = _scoring_modes(batch_size, window, window_hop, dynamic, cache)
     if unknown not in ("error", "skip"):
         raise OptionError(f"unknown --unknown {unknown!r}", "use error or skip")
     # with --dynamic, --data also says where the gradient statistics come from
@@ -315,6 +272,56 @@ def evaluate(
         mode="static" if window is None else "window", window=window,
         window_hop=None if window is None else window_hop or window // 2,
     )  # fmt: skip
+
+
+def _scoring_modes(batch_size, window, window_hop, dynamic, cache):
+    """Check `evaluate`'s mode options (static streams, --window, --dynamic, --cache: one at a
+    time); the dynamic and cache settings, or None for the modes not asked for."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise OptionError(f"--batch-size must be >= 1, got {batch_size}")
+    if window is not None and (
+        isinstance(window, bool) or not isinstance(window, int) or window < 2
+    ):
+        raise OptionError(f"--window must be >= 2, got {window}")
+    if window_hop is not None and (window is None or not 1 <= window_hop <= window):
+        raise OptionError(
+            f"--window-hop must be in 1..N with --window N, got {window_hop}",
+            "the default N // 2 gives every character N/2..N characters of context",
+        )
+    settings = None
+    if dynamic is not None and dynamic is not False:
+        from charlstm.dynamic import DynamicSettings
+
+        settings = DynamicSettings() if dynamic is True else dynamic
+        if not isinstance(settings, DynamicSettings):
+            raise OptionError("dynamic must be True or a DynamicSettings")
+        settings.validate()
+        if window is not None:
+            raise OptionError(
+                "--dynamic and --window do not combine", "dynamic evaluation reads one stream"
+            )
+    cache_settings = None
+    if cache is not None and cache is not False:
+        from charlstm.continuous_cache import CacheSettings
+
+        cache_settings = CacheSettings() if cache is True else cache
+        if not isinstance(cache_settings, CacheSettings):
+            raise OptionError("cache must be True or a CacheSettings")
+        cache_settings.validate()
+        if window is not None or settings is not None:
+            raise OptionError(
+                "--cache does not combine with --window or --dynamic",
+                "each is reported on its own; run them one at a time",
+            )
+    if batch_size != 1 and (
+        window is not None or settings is not None or cache_settings is not None
+    ):
+        what = "--window" if window is not None else "--dynamic" if settings else "--cache"
+        raise OptionError(
+            f"--batch-size does not apply to {what}",
+            "windows are batched on their own; dynamic evaluation reads one stream",
+        )
+    return settings, cache_settings
 
 
 def _encode_text_file(path: Path, vocab, unknown: str) -> tuple[np.ndarray, int]:
