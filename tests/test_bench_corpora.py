@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import lzma
 import subprocess
@@ -11,10 +12,19 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
-sys.path.append(str(BENCH))
 
-import corpora  # noqa: E402
-import xz_baseline  # noqa: E402
+
+def _load(name: str):
+    """A bench script as a module (by file: the repo's corpora/ folder shadows the name)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+corpora = _load("corpora")
+xz_baseline = _load("xz_baseline")
 
 
 def test_xz_conditional_bpc_is_the_extra_bytes_of_val_given_train():
