@@ -58,6 +58,7 @@ class Corpus:
     name: str
     path: str
     sources: dict[str, int] = field(default_factory=dict)  # source -> documents taken
+    source_bytes: dict[str, int] = field(default_factory=dict)  # source -> bytes taken
     documents: int = 0
     chars: int = 0
     bytes: int = 0
@@ -320,8 +321,9 @@ def build(name: str, out_dir: Path, budget_bytes: int = BUDGET_BYTES) -> Corpus:
         bytes=len(data),
         sha256=hashlib.sha256(data).hexdigest(),
     )
-    for source, _ in docs:
+    for source, doc in docs:
         corpus.sources[source] = corpus.sources.get(source, 0) + 1
+        corpus.source_bytes[source] = corpus.source_bytes.get(source, 0) + len(doc.encode("utf-8"))
     return corpus
 
 
@@ -342,7 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 1
         manifest[name] = asdict(corpus)
-        srcs = ", ".join(f"{s} {n}" for s, n in corpus.sources.items())
+        srcs = ", ".join(
+            f"{s}: {n} docs, {corpus.source_bytes[s]:,} B" for s, n in corpus.sources.items()
+        )
         print(
             f"{name:8} {corpus.chars:>10,} chars {corpus.bytes:>10,} bytes "
             f"{corpus.documents:>5} docs  sha256 {corpus.sha256[:16]}  ({srcs})",
