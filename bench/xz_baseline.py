@@ -10,7 +10,9 @@ with ``|xz(.)|`` the size in bytes of Python's ``lzma`` at preset ``9 | PRESET_E
 ``xz -9e`` writes; both files carry the same container overhead, so it cancels) and
 ``chars(val)`` counted in Unicode characters, as charlstm's char-level bpc is. A model that
 has trained on ``train`` should be compared with this conditional figure, not with xz of the
-val text alone (also printed: ``8 * |xz(val)| / chars(val)``, which knows nothing of train).
+val text alone (also printed: ``8 * |xz(val)| / chars(val)``, which knows nothing of train),
+and how much of val repeats train verbatim (the share of val characters inside a 32-character
+string that also occurs in train): text xz can copy outright.
 
     python bench/xz_baseline.py corpora/tinyshakespeare.txt other.txt
     python bench/xz_baseline.py corpus.txt --val-frac 0.1 --json
@@ -31,6 +33,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from charlstm.prepare import split_bounds  # noqa: E402
 
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
+REPEAT_CHARS = 32
+
+
+def verbatim_coverage(train: str, val: str, k: int = REPEAT_CHARS) -> float:
+    """Fraction of val's characters that lie inside some k-character string also found in
+    train: what a compressor can copy outright (LZ matches) and an LSTM that read train once
+    cannot. A hash per k-gram; a rare false match only overstates the fraction slightly."""
+    if len(val) < k or len(train) < k:
+        return 0.0
+    seen = {hash(train[i : i + k]) for i in range(len(train) - k + 1)}
+    covered = bytearray(len(val))
+    for i in range(len(val) - k + 1):
+        if hash(val[i : i + k]) in seen:
+            covered[i : i + k] = b"\x01" * k
+    return sum(covered) / len(val)
 
 
 @dataclass
@@ -43,6 +60,7 @@ class XzBaseline:
     xz_val_bytes: int
     bpc_conditional: float  # bits per val character given the training text
     bpc_val_alone: float  # bits per val character, val compressed on its own
+    val_in_repeats: float  # fraction of val characters inside a REPEAT_CHARS string of train
 
 
 def xz_size(data: bytes) -> int:
@@ -67,6 +85,7 @@ def xz_baseline(text: str, val_frac: float = 0.1, name: str = "") -> XzBaseline:
         xz_val_bytes=xz_val,
         bpc_conditional=8 * (xz_both - xz_train) / len(val),
         bpc_val_alone=8 * xz_val / len(val),
+        val_in_repeats=verbatim_coverage(train, val),
     )
 
 
@@ -89,12 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(
         f"{'text':40} {'train chars':>12} {'val chars':>10} {'xz|train bpc':>13} "
-        f"{'xz(val) bpc':>12}"
+        f"{'xz(val) bpc':>12} {'val in 32-char repeats':>23}"
     )
     for r in results:
         print(
             f"{r.text:40} {r.chars_train:>12,} {r.chars_val:>10,} {r.bpc_conditional:>13.3f} "
-            f"{r.bpc_val_alone:>12.3f}"
+            f"{r.bpc_val_alone:>12.3f} {r.val_in_repeats:>23.1%}"
         )
     return 0
 

@@ -118,3 +118,10 @@ def test_missing_source_is_one_clear_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "russian.txt").exists()
     (line,) = capsys.readouterr().err.splitlines()
     assert "no-such-package-xyz package is not installed" in line and "apt-get install" in line
+
+
+def test_verbatim_coverage_counts_val_characters_inside_long_repeats():
+    train = "abcdefghij" * 3
+    assert xz_baseline.verbatim_coverage(train, "xxabcdefyy", k=6) == 0.6  # "abcdef" covered
+    assert xz_baseline.verbatim_coverage(train, "zzzzzzzzzz", k=6) == 0.0
+    assert xz_baseline.verbatim_coverage(train, "abc", k=6) == 0.0  # shorter than k
