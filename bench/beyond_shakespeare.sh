@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue #14 item 5: charlstm's `small` preset on three real corpora against xz -9e.
+# Issue #14 item 5: charlstm's `small` preset on three real corpora (and tiny shakespeare)
+# against xz -9e.
 #
 #   apt-get install -y fortunes manpages-ru man-db groff-base bsdextrautils   # once, as root
 #   bash bench/beyond_shakespeare.sh [WORK_DIR] [STEPS]                       # defaults /tmp/c14 600
@@ -22,7 +23,8 @@ cd "$WORK"
 "$PY" "$REPO/bench/corpora.py" corpora
 "$PY" "$REPO/bench/xz_baseline.py" "$REPO/corpora/tinyshakespeare.txt" corpora/{python,prose,russian}.txt \
     | tee xz.txt
-for c in python prose russian; do
+cp "$REPO/corpora/tinyshakespeare.txt" corpora/tinyshakespeare.txt  # the calibration run
+for c in python prose russian tinyshakespeare; do
     "$CHARLSTM" tokenize "corpora/$c.txt" --out "data/$c" --force
     "$CHARLSTM" train "data/$c" --preset small --steps "$STEPS" --eval-every $((STEPS / 2)) \
         --out "runs/$c-small-$STEPS" --force > "logs-$c.txt" 2>&1
