@@ -13,20 +13,24 @@ standard split (first 90 % train, last 10 % val) holds out whole unseen document
   in sorted path order, each preceded by a ``# ---- path ----`` line, whole files until the
   byte budget. Files that are not valid UTF-8 are skipped (a few test files on purpose).
   Same interpreter version -> same bytes.
-- ``prose``: English prose of mixed styles and sources, interleaved document by document
-  (round robin over the sources, each source's documents in sorted order) so that the
-  held-out tail mixes all of them: the Python reference manual's topic texts
-  (``pydoc_data/topics.py``), GNU manuals from ``/usr/share/info`` (Texinfo rendered as
-  text), the licence texts of ``/usr/share/common-licenses``, and the English quotations and
-  literature of the ``fortunes`` package (``/usr/share/games/fortunes``).
+- ``prose``: English prose of mixed styles from four sources: the Python reference manual's
+  topic texts (``pydoc_data/topics.py``, one per topic), GNU manuals from ``/usr/share/info``
+  (Texinfo's text rendering, one node per document, the manuals taking turns), the licence
+  texts of ``/usr/share/common-licenses``, and the quotations, jokes and literature of the
+  ``fortunes`` package (one fortune per document, the collections taking turns). Each source
+  gets a fair share of the budget (a small source gives all it has, the rest is split), and
+  the sources are spread evenly through the file, so the held-out tail mixes all four in
+  the proportions of the whole.
 - ``russian``: Russian manual pages (Debian ``manpages-ru``, Cyrillic script), rendered with
-  ``man -Tutf8`` and ``col -bx``, documents in sorted order of their name.
+  ``man -E UTF-8`` (80 columns, no hyphenation or justification) and ``col -bx``, pages
+  in sorted path order, whole pages until the byte budget.
 
 Needs (Debian, root): ``apt-get install -y fortunes manpages-ru man-db groff-base bsdextrautils``
-(``col`` is in bsdextrautils; the GNU ``info`` files ship with base packages such as
-coreutils' ``/usr/share/info``). A missing source is one clear error line naming the package.
-The manifest (sources, documents, characters, bytes, sha256) is printed as a table on stderr,
-written to ``OUT_DIR/manifest.json`` and, with ``--json``, to stdout.
+(``col`` is in bsdextrautils; the GNU ``info`` files of ``/usr/share/info`` ship with base
+packages such as coreutils, so which manuals exist depends on the machine: compare sha256s).
+A missing source is one clear error line naming the package. The manifest (sources,
+documents, characters, bytes, sha256) is printed as a table on stderr, written to
+``OUT_DIR/manifest.json`` and, with ``--json``, to stdout.
 """
 
 from __future__ import annotations
@@ -255,7 +259,7 @@ def prose_documents(budget_bytes: int = BUDGET_BYTES) -> Iterator[tuple[str, str
 
 
 def render_man(path: Path) -> str:
-    """A manual page as plain UTF-8 text: ``man -Tutf8 -l`` then ``col -bx`` (no overstrikes)."""
+    """A manual page as plain UTF-8 text: ``man -E UTF-8 -l`` then ``col -bx`` (no overstrikes)."""
     env = dict(os.environ, MANWIDTH="80", LANG="C.UTF-8", MAN_KEEP_FORMATTING="0")
     man = subprocess.run(
         ["man", "--nh", "--nj", "-E", "UTF-8", "-l", str(path)],
