@@ -10,26 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import random_checkpoint, word_text
+from tiny import word_run
 
 from charlstm.checkpoint import load_checkpoint
 from charlstm.continuous_cache import CacheSettings, cache_position_nats
 from charlstm.errors import CharLSTMError
 from charlstm.evaluation import evaluate
-from charlstm.prepare import tokenize
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, Path]:
-    from charlstm.vocab import Vocab
-
     root = tmp_path_factory.mktemp("cache")
-    source = root / "corpus.txt"
-    source.write_text(word_text(3000, seed=0), encoding="utf-8")
-    data = tokenize(source, root / "data", val_frac=0.2).out
-    vocab = Vocab.load(data / "tokenizer.json")
-    ckpt = random_checkpoint(root / "model.pt", vocab, hidden_size=16, seed=2, scale=2.0,
-                             extra={"data": {"folder": str(data.resolve())}})  # fmt: skip
+    ckpt, _ = word_run(root, 3000, val_frac=0.2, hidden_size=16, seed=2, scale=2.0)
     repetitive = root / "repetitive.txt"
     repetitive.write_text("the old red barn. " * 40, encoding="utf-8")
     return {"ckpt": ckpt, "repetitive": repetitive}

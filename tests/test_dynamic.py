@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tiny import random_checkpoint, word_text
+from tiny import random_checkpoint, word_run
 
 from charlstm.checkpoint import load_checkpoint
 from charlstm.dynamic import (
@@ -23,22 +23,13 @@ from charlstm.dynamic import (
 )
 from charlstm.errors import CharLSTMError
 from charlstm.evaluation import evaluate
-from charlstm.prepare import tokenize
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, Path]:
     """A tokenized folder of word text, a random model 'trained' on it, and a repetitive text."""
-    from charlstm.vocab import Vocab
-
     root = tmp_path_factory.mktemp("dyn")
-    source = root / "corpus.txt"
-    source.write_text(word_text(6000, seed=0), encoding="utf-8")
-    data = tokenize(source, root / "data", val_frac=0.1).out
-    vocab = Vocab.load(data / "tokenizer.json")
-    extra = {"data": {"folder": str(data.resolve())}}
-    ckpt = random_checkpoint(root / "model.pt", vocab, hidden_size=24, seed=1, scale=1.0,
-                             extra=extra)  # fmt: skip
+    ckpt, data = word_run(root, 6000, val_frac=0.1, hidden_size=24, seed=1, scale=1.0)
     repetitive = root / "repetitive.txt"
     repetitive.write_text("the old red barn. " * 40, encoding="utf-8")
     return {"data": data, "ckpt": ckpt, "repetitive": repetitive, "root": root}

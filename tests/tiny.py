@@ -80,3 +80,21 @@ class InterruptAt(NullReporter):
             handler = signal.getsignal(signal.SIGINT)
             assert getattr(handler, "__self__", None).__class__.__name__ == "_Interrupt"
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def word_run(root, n_chars: int, *, val_frac: float, **checkpoint_kwargs):
+    """Word text of `n_chars` tokenized into root/data, and a random checkpoint (root/model.pt,
+    `random_checkpoint`'s options) that records that folder as its data, as a trained run's
+    does; (checkpoint path, data folder)."""
+    from pathlib import Path
+
+    from charlstm.prepare import tokenize
+    from charlstm.vocab import Vocab
+
+    root = Path(root)
+    source = root / "corpus.txt"
+    source.write_text(word_text(n_chars, seed=0), encoding="utf-8")
+    data = tokenize(source, root / "data", val_frac=val_frac).out
+    vocab = Vocab.load(data / "tokenizer.json")
+    extra = {"data": {"folder": str(data.resolve())}}
+    return random_checkpoint(root / "model.pt", vocab, extra=extra, **checkpoint_kwargs), data
