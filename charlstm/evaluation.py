@@ -274,6 +274,17 @@ def evaluate(
     )  # fmt: skip
 
 
+def _mode_settings(value, settings_type, name: str):
+    """None/False -> None; True -> the defaults; a `settings_type` -> itself; validated."""
+    if value is None or value is False:
+        return None
+    settings = settings_type() if value is True else value
+    if not isinstance(settings, settings_type):
+        raise OptionError(f"{name} must be True or a {settings_type.__name__}")
+    settings.validate()
+    return settings
+
+
 def _scoring_modes(batch_size, window, window_hop, dynamic, cache):
     """Check `evaluate`'s mode options (static streams, --window, --dynamic, --cache: one at a
     time); the dynamic and cache settings, or None for the modes not asked for."""
@@ -288,31 +299,20 @@ def _scoring_modes(batch_size, window, window_hop, dynamic, cache):
             f"--window-hop must be in 1..N with --window N, got {window_hop}",
             "the default N // 2 gives every character N/2..N characters of context",
         )
-    settings = None
-    if dynamic is not None and dynamic is not False:
-        from charlstm.dynamic import DynamicSettings
+    from charlstm.continuous_cache import CacheSettings
+    from charlstm.dynamic import DynamicSettings
 
-        settings = DynamicSettings() if dynamic is True else dynamic
-        if not isinstance(settings, DynamicSettings):
-            raise OptionError("dynamic must be True or a DynamicSettings")
-        settings.validate()
-        if window is not None:
-            raise OptionError(
-                "--dynamic and --window do not combine", "dynamic evaluation reads one stream"
-            )
-    cache_settings = None
-    if cache is not None and cache is not False:
-        from charlstm.continuous_cache import CacheSettings
-
-        cache_settings = CacheSettings() if cache is True else cache
-        if not isinstance(cache_settings, CacheSettings):
-            raise OptionError("cache must be True or a CacheSettings")
-        cache_settings.validate()
-        if window is not None or settings is not None:
-            raise OptionError(
-                "--cache does not combine with --window or --dynamic",
-                "each is reported on its own; run them one at a time",
-            )
+    settings = _mode_settings(dynamic, DynamicSettings, "dynamic")
+    if settings is not None and window is not None:
+        raise OptionError(
+            "--dynamic and --window do not combine", "dynamic evaluation reads one stream"
+        )
+    cache_settings = _mode_settings(cache, CacheSettings, "cache")
+    if cache_settings is not None and (window is not None or settings is not None):
+        raise OptionError(
+            "--cache does not combine with --window or --dynamic",
+            "each is reported on its own; run them one at a time",
+        )
     if batch_size != 1 and (
         window is not None or settings is not None or cache_settings is not None
     ):
