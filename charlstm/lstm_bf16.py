@@ -25,11 +25,14 @@ from __future__ import annotations
 
 import torch
 
+from charlstm.native import cell_kernels
+
 BF16 = torch.bfloat16
 
 
 class BF16LSTMWindow(torch.autograd.Function):
-    """(x (T,B,I), h0 (B,H), c0 (B,H), w_ih, w_hh, b_ih, b_hh) -> (y (T,B,H), h_T, c_T)."""
+    """(x (T,B,I), h0 (B,H), c0 (B,H), w_ih, w_hh, b_ih, b_hh) -> (y (T,B,H), h_T, c_T), in
+    ATen ops: the path where the C cell kernels cannot be built (NativeBF16LSTMWindow below)."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
@@ -120,12 +123,8 @@ class BF16LSTMWindow(torch.autograd.Function):
             mul(k_o[t], dh, out=d_o)
             dgates[t].copy_(d)
             mul(dc, forget[t], out=carry)
-        dg2 = dgates.view(T * B, 4 * H)
-        d_h0 = linear(dgates[0], packed).float()
-        d_wih = torch.mm(dg2.t(), x_b).float()
-        d_whh = torch.mm(dg2.t(), hb[:T].reshape(T * B, H)).float()
-        d_b = torch.mm(torch.ones(1, T * B, dtype=BF16), dg2).float().view(-1)
-        d_x = torch.mm(dg2, wih_b).float().view(T, B, -1)
+        d_x, d_h0, d_wih, d_whh = _window_gradients(dgates, x_b, hb, wih_b, linear, packed)
+        d_b = torch.mm(torch.ones(1, T * B, dtype=BF16), dgates.view(T * B, -1)).float().view(-1)
         return d_x, d_h0, carry, d_wih, d_whh, d_b, d_b
 
 
@@ -143,8 +142,101 @@ def _packed_linear(weight: torch.Tensor, batch: int):
     return (lambda x, w: torch.mm(x, w.t())), weight
 
 
+class NativeBF16LSTMWindow(torch.autograd.Function):
+    """BF16LSTMWindow's function with each step's pointwise work fused into one call of the C
+    cell kernels (charlstm/lstm_cell.c): no whole-window gate passes, no fp32 copy of the input
+    projection, the bias gradient summed in fp32 as the steps go."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+        cell = cell_kernels()
+        T, B, _ = x.shape
+        H = w_hh.shape[1]
+        wih_b, whh_b = w_ih.to(BF16), w_hh.to(BF16)
+        bias = (b_ih.detach() + b_hh.detach()).contiguous()
+        x_b = x.reshape(T * B, -1).to(BF16)
+        gx = torch.mm(x_b, wih_b.t())  # (T*B, 4H) bf16, read a step's rows at a time
+        act = torch.empty(T, B, 4 * H)
+        c = torch.empty(T + 1, B, H)
+        tc = torch.empty(T, B, H)
+        y = torch.empty(T, B, H)
+        hb = torch.empty(T + 1, B, H, dtype=BF16)
+        c[0].copy_(c0)
+        hb[0].copy_(h0)
+        linear, packed = _packed_linear(whh_b, B)
+        step = _StepPointers(B, H)
+        threads, forward = torch.get_num_threads(), cell.lstm_cell_forward
+        p_gx, p_bias, p_act, p_c, p_tc, p_y, p_hb = map(_address, (gx, bias, act, c, tc, y, hb))
+        for t in range(T):
+            lin = linear(hb[t], packed)
+            forward(
+                threads, B, H, lin.data_ptr(), p_gx + t * step.gates_bf16, p_bias,
+                p_c + t * step.cells, p_act + t * step.gates, p_c + (t + 1) * step.cells,
+                p_tc + t * step.cells, p_y + t * step.cells, p_hb + (t + 1) * step.cells_bf16,
+            )  # fmt: skip
+        ctx.save_for_backward(x_b, hb, act, c, tc, wih_b, whh_b)
+        return y, y[-1].clone(), c[T].clone()
+
+    @staticmethod
+    def backward(ctx, dy, dh_last, dc_last):
+        x_b, hb, act, c, tc, wih_b, whh_b = ctx.saved_tensors
+        cell = cell_kernels()
+        T, B, H = tc.shape
+        dy = torch.zeros(T, B, H) if dy is None else dy.contiguous()
+        dy_last = dy[T - 1] if dh_last is None else dy[T - 1] + dh_last
+        dgates = torch.empty(T, B, 4 * H, dtype=BF16)
+        carry = torch.zeros(B, H) if dc_last is None else dc_last.contiguous().clone()
+        d_b = torch.zeros(4 * H)
+        linear, packed = _packed_linear(whh_b.t().contiguous(), B)
+        step = _StepPointers(B, H)
+        threads, backward = torch.get_num_threads(), cell.lstm_cell_backward
+        p_dy, p_act, p_c, p_tc, p_carry, p_dg, p_db = map(
+            _address, (dy, act, c, tc, carry, dgates, d_b)
+        )
+        for t in range(T - 1, -1, -1):
+            last = t == T - 1
+            lin = None if last else linear(dgates[t + 1], packed)
+            backward(
+                threads, B, H, None if last else lin.data_ptr(),
+                _address(dy_last) if last else p_dy + t * step.cells,
+                p_act + t * step.gates, p_c + t * step.cells, p_tc + t * step.cells,
+                p_carry, p_dg + t * step.gates_bf16, p_db,
+            )  # fmt: skip
+        d_x, d_h0, d_wih, d_whh = _window_gradients(dgates, x_b, hb, wih_b, linear, packed)
+        return d_x, d_h0, carry, d_wih, d_whh, d_b, d_b
+
+
+class _StepPointers:
+    """Byte strides of one time step in the window's (T, B, ...) buffers."""
+
+    def __init__(self, batch: int, hidden: int):
+        self.gates, self.gates_bf16 = batch * 4 * hidden * 4, batch * 4 * hidden * 2
+        self.cells, self.cells_bf16 = batch * hidden * 4, batch * hidden * 2
+
+
+def _address(tensor: torch.Tensor) -> int:
+    assert tensor.is_contiguous()
+    return tensor.data_ptr()
+
+
+def _window_gradients(dgates, x_b, hb, wih_b, linear, packed):
+    """The window's big GEMMs from its bf16 gate gradients dG (T, B, 4H): dX = dG W_ih,
+    dh_0 = dG_0 W_hh, dW_ih = dG^T X, dW_hh = dG^T H_prev (each rounded to bf16 once, returned
+    in fp32)."""
+    T, B, _ = dgates.shape
+    H = hb.shape[-1]
+    dg2 = dgates.view(T * B, -1)
+    d_h0 = linear(dgates[0], packed).float()
+    d_wih = torch.mm(dg2.t(), x_b).float()
+    d_whh = torch.mm(dg2.t(), hb[:T].reshape(T * B, H)).float()
+    d_x = torch.mm(dg2, wih_b).float().view(T, B, -1)
+    return d_x, d_h0, d_wih, d_whh
+
+
 @torch.compiler.disable  # one opaque node to torch.compile, like nn.LSTM's kernel
 def lstm_layer_bf16(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """One LSTM layer over a window (x (T,B,I), state (B,H) each) with bf16 GEMMs:
-    returns y (T,B,H), h_T, c_T, all fp32."""
-    return BF16LSTMWindow.apply(x.float(), h0.float(), c0.float(), w_ih, w_hh, b_ih, b_hh)
+    returns y (T,B,H), h_T, c_T, all fp32. Uses the C cell kernels where they build (see
+    charlstm.native), ATen ops otherwise."""
+    window = NativeBF16LSTMWindow if cell_kernels() is not None else BF16LSTMWindow
+    return window.apply(x.float(), h0.float(), c0.float(), w_ih, w_hh, b_ih, b_hh)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from charlstm import lstm_bf16, native
 from charlstm.config import ModelConfig
 from charlstm.lstm_bf16 import lstm_layer_bf16
 from charlstm.model import CharLSTM
@@ -20,6 +21,17 @@ BF16_REL = 0.02
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture(autouse=True, params=["native", "aten"])
+def cell_path(request, monkeypatch):
+    """Every test runs on both paths of the layer: the C cell kernels (where this machine can
+    build them) and the ATen-op fallback used where it cannot."""
+    if request.param == "aten":
+        monkeypatch.setattr(lstm_bf16, "cell_kernels", lambda: None)
+    elif native.cell_kernels() is None:
+        pytest.skip(f"the C cell kernels do not build here: {native.unavailable_reason}")
+    return request.param
 
 
 def test_one_layer_matches_nn_lstm_values_and_gradients():
