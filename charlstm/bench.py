@@ -436,8 +436,10 @@ def bench_tokenize(ctx: BenchContext, report: BenchReport) -> None:
 def bench_train(ctx: BenchContext, report: BenchReport) -> None:
     """Training chars/s per preset against its matmuls and a plain reference loop, for the
     fp32 path and, on CPUs with bf16 units, the bf16 LSTM kernel (`--precision bf16`)."""
-    from charlstm.runtime import lstm_kernel
+    from charlstm import native
+    from charlstm.runtime import keep_freed_memory, lstm_kernel
 
+    keep_freed_memory()  # what `train` does on a CPU, here from the start for every side
     with_bf16 = has_bf16_units()
     for name in ctx.presets:
         p = PRESETS[name]
@@ -504,13 +506,14 @@ def bench_train(ctx: BenchContext, report: BenchReport) -> None:
         bf16_steady = float(np.median([bf16[1] for _, _, bf16 in rounds]))
         vs_fp32 = float(np.median([bf16[1] / mine[1] for mine, _, bf16 in rounds]))
         picked = lstm_kernel(torch.device("cpu"), "auto", cfg.hidden_size)
+        cells = "C" if native.cell_kernels() else f"ATen ops ({native.unavailable_reason})"
         report.add(
             "train",
             f"{name}: charlstm chars/s (whole loop, bf16 LSTM)",
             bf16_steady,
             "chars/s",
             note=f"--precision bf16 vs fp32, median of alternating rounds (target >= 1.7x); "
-            f"--precision auto picks {picked} here",
+            f"--precision auto picks {picked} here; cell kernels: {cells}",
             ratio=vs_fp32,
             target=1.7 if gated else None,
         )

@@ -75,6 +75,31 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+#: glibc mallopt() parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to serve large blocks from its heap and keep them when freed, so that
+    the tens of megabytes a training window allocates and frees (activations, gate buffers,
+    oneDNN workspaces) are reused from one step to the next instead of being mapped fresh from
+    the kernel, page-faulted and zeroed every step. Measured with `charlstm bench --section
+    train`: fp32 `small` 11.4k -> 16.0k chars/s, bf16 18.9k -> 21.9k, kernel time 34 s -> 3 s.
+    What jemalloc/tcmalloc do for PyTorch; process-wide, and the memory stays with the process
+    until it exits (fine for a training run). False where malloc is not glibc's."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
 def lstm_kernel(device: torch.device, precision: str = "auto", hidden_size: int = 512) -> str:
     """Which LSTM layers train on `device`: "bf16" (charlstm.lstm_bf16: bf16 GEMMs, fp32
     weights, state and gates) or "fp32" (nn.LSTM's fused kernel). `auto` picks bf16 on CPUs

@@ -56,7 +56,13 @@ from charlstm.progress import (
 )
 from charlstm.rundir import BEST, CURVES, LAST, METRICS, RUN_FILES, RunDir, disk_full_error
 from charlstm.runstate import RunState
-from charlstm.runtime import autocast, autocast_dtype, lstm_kernel, resolve_device
+from charlstm.runtime import (
+    autocast,
+    autocast_dtype,
+    keep_freed_memory,
+    lstm_kernel,
+    resolve_device,
+)
 
 __all__ = ["EvalStats", "NullReporter", "Reporter", "RunInfo", "StepStats", "TrainResult", "train"]
 
@@ -235,6 +241,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = CharLSTM(self.model_config).to(device)
         model.lstm_kernel = lstm_kernel(device, cfg.precision, self.model_config.hidden_size)
+        if device.type == "cpu":
+            keep_freed_memory()
         self.state = RunState(model, build_optimizer(model, cfg, device))
         self.forward_model = model
         if dist.enabled:
