@@ -264,7 +264,7 @@ def choose(
         spent = time.perf_counter() - start
         params = _params(cfg, vocab_size)
         if speeds and spent + cost_s * params / _params(candidates[i - 1][1], vocab_size) > cap_s:
-            stopped = f"the next would take the measuring past its {cap_s:.0f} s cap"
+            stopped = f"the next would take the measuring past its {cap_s:.3g} s cap"
             break
         try:
             speeds.append(measure(cfg, vocab_size, device, world_size))
