@@ -212,10 +212,13 @@ def auto_choice_lines(choice) -> list[str]:
     """The chosen configuration, why, and what the user's own options decided."""
     cfg = choice.config
     band = "measured" if choice.dropout_measured else "assumed, not measured"
+    why = choice.reason
+    if "--dropout" not in choice.user_set:
+        why += f" ({band} for this many epochs; see bench/RESULTS.md)"
     lines = [
         f"chosen: {cfg.num_layers} x LSTM({cfg.hidden_size}), embed {cfg.embed_size}, "
         f"dropout {cfg.dropout:g}, {cfg.batch_size} streams x bptt {cfg.bptt}, lr {cfg.lr:g}",
-        f"why: {choice.reason} ({band} for this many epochs; see bench/RESULTS.md)",
+        f"why: {why}",
     ]
     if choice.user_set:
         given = ", ".join(f"{k} {v}" for k, v in choice.user_set.items())

@@ -232,3 +232,22 @@ def test_cli_auto_without_a_budget_is_a_usage_error(data, tmp_path, length, word
         assert word in lines[0]
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not out.exists()
+
+
+def test_library_train_returns_the_choice_and_reports_it(data, tmp_path, tiny_ladder):
+    from charlstm.progress import NullReporter
+
+    class Seen(NullReporter):
+        choices: list = []
+
+        def auto_chosen(self, choice):
+            self.choices.append(choice)
+
+    reporter = Seen()
+    result = train(data, tmp_path / "run", preset="auto", time_budget_min=0.01, bptt=16,
+                   batch_size=4, device="cpu", reporter=reporter)  # fmt: skip
+    assert reporter.choices == [result.auto_choice]
+    chosen = result.auto_choice.config
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert saved == chosen.to_dict()
+    assert result.elapsed_s >= result.auto_choice.measure_s  # the measuring counts
