@@ -203,6 +203,8 @@ PRESETS: dict[str, dict] = {
 }
 CPU_DEFAULT_PRESET = "small"
 GPU_DEFAULT_PRESET = "medium"
+# not a fixed preset: `train` measures this machine and picks a shape (charlstm.autopreset)
+AUTO_PRESET = "auto"
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_SEED = 2**63 - 1
 
@@ -230,8 +232,10 @@ class TrainConfig(_Architecture):
 
     preset: str = option(
         CPU_DEFAULT_PRESET,
-        "Model/optimizer preset; default small on CPU, medium on CUDA.",
-        choices=tuple(PRESETS),
+        "Model/optimizer preset; default small on CPU, medium on CUDA. auto (needs "
+        "--time-budget): time a few steps of candidate shapes here and pick the largest the "
+        "budget trains well.",
+        choices=(*PRESETS, AUTO_PRESET),
     )
     # batches and optimisation
     bptt: int = option(128, "Truncated-BPTT window (characters).", check=whole(1))
@@ -349,6 +353,11 @@ def resolve_config(
     device = device or "auto"
     if preset is None:
         preset = GPU_DEFAULT_PRESET if cuda_requested(device) else CPU_DEFAULT_PRESET
+    if preset == AUTO_PRESET:
+        raise OptionError(
+            "preset 'auto' is chosen by measuring, when training starts",
+            "pass it to train(preset='auto', time_budget_min=...), or name a preset",
+        )
     if preset not in PRESETS:
         raise OptionError(f"unknown preset {preset!r}", f"use one of {', '.join(PRESETS)}")
     known = {f.name for f in fields(TrainConfig)}

@@ -1,16 +1,20 @@
-"""What a training run reports as it goes, as plain typed numbers: `RunInfo` once at the start,
-`StepStats` at every log line, `EvalStats` at every validation, and `TrainResult` at the end.
-A `Reporter` receives them (`charlstm.ui.TrainProgress` draws them with Rich; a notebook or a
-test can implement the four methods itself)."""
+"""What a training run reports as it goes, as plain typed numbers: `RunInfo` once at the start
+(after `AutoChoice`, what `--preset auto` measured and chose), `StepStats` at every log line,
+`EvalStats` at every validation, and `TrainResult` at the end. A `Reporter` receives them
+(`charlstm.ui.TrainProgress` draws them with Rich; a notebook or a test can implement the
+methods itself)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from charlstm.config import ModelConfig
+
+if TYPE_CHECKING:
+    from charlstm.autopreset import AutoChoice
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class Reporter(Protocol):
     def step(self, stats: StepStats) -> None: ...
     def evaluated(self, stats: EvalStats) -> None: ...
     def message(self, text: str) -> None: ...
+    def auto_chosen(self, choice: AutoChoice) -> None: ...
     def close(self) -> None: ...
 
 
@@ -81,6 +86,9 @@ class NullReporter:
         pass
 
     def message(self, text):
+        pass
+
+    def auto_chosen(self, choice):
         pass
 
     def close(self):
@@ -102,6 +110,7 @@ class TrainResult:
     interrupted: bool = False
     skipped_steps: int = 0
     files: dict[str, Path] = field(default_factory=dict)
+    auto_choice: AutoChoice | None = None  # what --preset auto measured and chose
 
     @property
     def best_val_bpc(self) -> float | None:

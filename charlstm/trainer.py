@@ -30,9 +30,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from charlstm import distributed
+from charlstm import autopreset, distributed
 from charlstm.checkpoint import read_checkpoint, save_checkpoint
-from charlstm.config import TrainConfig, resolve_config
+from charlstm.config import AUTO_PRESET, CPU_DEFAULT_PRESET, TrainConfig, resolve_config
 from charlstm.data import Dataset, TrainStreams, data_name
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.evaluation import metrics_from_nats, stream_count, stream_nats
@@ -102,7 +102,16 @@ def train(
         payload = read_checkpoint(run_dir.check_resumable())
         cfg = resume_config(payload, given)
     elif config is not None:
+        if config.preset == AUTO_PRESET:
+            raise OptionError(
+                "a TrainConfig gives every value itself, so its preset cannot be 'auto'",
+                "call train(data, preset='auto', time_budget_min=M, ...) instead",
+            )
         cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    elif preset == AUTO_PRESET:
+        autopreset.check_auto_length(given)
+        # the user's options, checked now; the shape is measured and chosen once the data is known
+        cfg = replace(resolve_config(CPU_DEFAULT_PRESET, **overrides), preset=AUTO_PRESET)
     else:
         cfg = resolve_config(preset, **overrides)
     device = resolve_device(rank_device(cfg, dist) if dist.enabled else cfg.device)
@@ -112,16 +121,43 @@ def train(
         if run_dir is None:
             run_dir = RunDir(out if out is not None else default_out(dataset.name, cfg.preset))
             run_dir.check_new(force)
+        choice = None
+        if payload is None and cfg.preset == AUTO_PRESET:
+            choice = _choose_auto(overrides, dataset, device, dist, reporter)
+            cfg = choice.config
         trainer = Trainer(cfg, dataset, run_dir, device, dist, reporter)
+        if choice is not None:
+            trainer.state.elapsed_s = choice.measure_s  # the measuring was part of the budget
         if payload is not None:
             trainer.restore(payload, extended=bool(set(LENGTHS) & set(given)))
         if dist.is_main:
             run_dir.preflight(trainer.checkpoint_bytes() * 2 + (1 << 20))
         dist.barrier()
-        return trainer.start(resumed=payload is not None)
+        result = trainer.start(resumed=payload is not None)
+        result.auto_choice = choice
+        return result
     finally:
         reporter.close()
         distributed.shutdown(dist)
+
+
+def _choose_auto(overrides: dict, dataset: Dataset, device, dist, reporter: Reporter):
+    """`--preset auto`: rank 0 times the candidates and chooses; every rank trains its choice.
+    The choice is recorded as the run's configuration (preset "auto", the chosen values), so
+    a resume rebuilds it without measuring again."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    choice = dist.broadcast_object(
+        autopreset.choose(
+            given, len(dataset.split("train")), dataset.vocab.size, device, dist.world_size
+        )
+        if dist.is_main
+        else None
+    )
+    if hasattr(reporter, "auto_chosen"):
+        reporter.auto_chosen(choice)
+    else:  # a Reporter written before auto existed
+        reporter.message(choice.reason)
+    return choice
 
 
 # -- schedule, optimizer, cadence ------------------------------------------------------------

@@ -164,10 +164,72 @@ class TrainProgress:
         target = self._progress.console if self._progress is not None else console
         target.print(_escape(text), soft_wrap=True)
 
+    def auto_chosen(self, choice) -> None:
+        if not self.quiet:
+            show_auto_choice(choice)
+
     def close(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def _millions(n: float | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.1f} M"
+
+
+def auto_choice_table(choice) -> Table:
+    """What `--preset auto` measured and chose (a `charlstm.autopreset.AutoChoice`)."""
+    from charlstm.autopreset import MIN_CHARS_PER_PARAM
+
+    table = Table(
+        title=f"--preset auto: {choice.budget_min:g} min on {choice.device} "
+        f"({choice.kernel} LSTM kernel), measured in {choice.measure_s:.1f} s of it",
+        title_justify="left",
+        caption=f"fits: at least {MIN_CHARS_PER_PARAM:g} chars per parameter in the budget",
+        caption_justify="left",
+    )
+    for name in ("shape", "params", "chars/s", "chars in budget", "chars/param", "epochs"):
+        table.add_column(name, justify="left" if name == "shape" else "right")
+    table.add_column("verdict")
+    for i, row in enumerate(choice.rows):
+        cpp, chars = row.chars_per_param, row.chars_in_budget
+        style = "bold green" if i == choice.chosen else None
+        table.add_row(
+            row.name,
+            _millions(row.params),
+            "-" if row.chars_per_s is None else f"{row.chars_per_s:,.0f}",
+            _millions(chars),
+            "-" if cpp is None else f"{cpp:.2f}",
+            "-" if chars is None else f"{chars / max(1, choice.train_chars):.1f}",
+            row.verdict,
+            style=style,
+        )
+    return table
+
+
+def auto_choice_lines(choice) -> list[str]:
+    """The chosen configuration, why, and what the user's own options decided."""
+    cfg = choice.config
+    band = "measured" if choice.dropout_measured else "assumed, not measured"
+    why = choice.reason
+    if "--dropout" not in choice.user_set:
+        why += f" ({band} for this many epochs; see bench/RESULTS.md)"
+    lines = [
+        f"chosen: {cfg.num_layers} x LSTM({cfg.hidden_size}), embed {cfg.embed_size}, "
+        f"dropout {cfg.dropout:g}, {cfg.batch_size} streams x bptt {cfg.bptt}, lr {cfg.lr:g}",
+        f"why: {why}",
+    ]
+    if choice.user_set:
+        given = ", ".join(f"{k} {v}" for k, v in choice.user_set.items())
+        lines.append(f"yours, kept over auto's: {given}")
+    return lines
+
+
+def show_auto_choice(choice) -> None:
+    console.print(auto_choice_table(choice))
+    for line in auto_choice_lines(choice):
+        info(line)
 
 
 def run_header(info) -> dict[str, str]:

@@ -71,3 +71,26 @@ def test_no_color_means_no_escape_codes_at_all():
     plain = _render({"FORCE_COLOR": "1", "NO_COLOR": "1"})  # ...unless NO_COLOR is set
     assert "\x1b[" not in plain and "error: something failed" in plain
     assert "\x1b[" not in _render({})  # and a pipe never gets them
+
+
+def test_the_auto_choice_table_names_the_choice_its_reason_and_the_users_options(capsys):
+    import torch
+
+    from charlstm.autopreset import choose, parameter_count
+    from charlstm.ui import TrainProgress, auto_choice_lines, auto_choice_table
+
+    def measure(cfg, vocab_size, device, world_size=1):
+        return 4e10 / parameter_count(cfg.num_layers, cfg.hidden_size, cfg.embed_size, 65, False)
+
+    given = {"time_budget_min": 60, "bptt": 64}
+    choice = choose(given, 10**6, 65, torch.device("cpu"), measure=measure)
+    lines = auto_choice_lines(choice)
+    assert lines[0].startswith(f"chosen: 2 x LSTM({choice.config.hidden_size})")
+    assert "bptt 64" in lines[0]
+    assert lines[1].startswith("why: ") and "assumed, not measured" in lines[1]
+    assert lines[2] == "yours, kept over auto's: --bptt 64"
+    table = auto_choice_table(choice)
+    assert [c.header for c in table.columns][:3] == ["shape", "params", "chars/s"]
+    assert table.row_count == len(choice.rows)
+    TrainProgress(quiet=True).auto_chosen(choice)
+    assert capsys.readouterr().err == ""
