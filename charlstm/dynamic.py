@@ -13,8 +13,10 @@ the trained model over segments of its training data (per weight, computed once)
 term is an RMSprop-like step normalised by how large that weight's gradients usually are; the
 second pulls every weight back toward the trained one, faster for weights whose gradients are
 usually large (mean(RMS) is the mean over the parameter tensors of each tensor's mean RMS, and
-decay * RMS / mean(RMS) is clipped at 1 so the pull never overshoots). The hidden state is
-carried across segments (detached).
+decay * RMS / mean(RMS) is clipped at 1 so the pull never overshoots). Each RMS counts as at
+least `rms_floor` (0.5) times its own tensor's mean RMS: weights the statistics saw almost no
+gradient for (rare symbols' rows) would otherwise step hundreds of times further than the rest
+and barely decay. The hidden state is carried across segments (detached).
 
 MS_g is cached beside the checkpoint (`best.pt` -> `best.gradstats.pt`), keyed by a hash of
 the weights and the recipe, so a second run reuses it.
@@ -53,6 +55,7 @@ class DynamicSettings:
     lr: float = 6e-5  # eta: the step, in units of each weight's RMS training gradient
     decay: float = 0.01  # lambda: pull back toward the trained weights per update
     epsilon: float = 1e-5  # added to RMS (guards weights whose gradients are ~0)
+    rms_floor: float = 0.5  # each RMS counts as at least this fraction of its tensor's mean
 
     def validate(self) -> None:
         if isinstance(self.segment, bool) or not isinstance(self.segment, int) or self.segment < 1:
@@ -62,6 +65,8 @@ class DynamicSettings:
                 raise OptionError(f"--dynamic-{name} must be >= 0, got {value}")
         if self.decay > 1:
             raise OptionError(f"--dynamic-decay must be <= 1, got {self.decay}")
+        if not (isinstance(self.rms_floor, (int, float)) and self.rms_floor >= 0):
+            raise OptionError(f"rms_floor must be >= 0, got {self.rms_floor}")
         if not (isinstance(self.epsilon, (int, float)) and self.epsilon > 0):
             raise OptionError(f"epsilon must be > 0, got {self.epsilon}")
 
@@ -310,6 +315,11 @@ def adapt(
     named = dict(model.named_parameters())
     params = list(named.values())
     rms_list = [rms[name].to(device) for name in named]
+    # a weight whose training gradients were ~0 in the statistics (the embedding and output
+    # rows of a symbol rare in the sampled segments) would otherwise take steps hundreds of
+    # times its tensor's typical one and never be pulled back: on an 834-symbol Russian
+    # corpus that made dynamic evaluation 0.2-2 bits/char *worse* than static (bench/RESULTS.md)
+    rms_list = [torch.clamp(r, min=settings.rms_floor * float(r.mean())) for r in rms_list]
     # Krause et al.'s global decay rates: relative to the mean of the tensors' mean RMS
     rms_mean = sum(float(r.mean()) for r in rms_list) / len(rms_list)
     decay = [(settings.decay * r / max(rms_mean, 1e-30)).clamp_(max=1.0) for r in rms_list]

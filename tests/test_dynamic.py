@@ -237,3 +237,31 @@ def test_sample_adapt_missing_file(corpus, run_cli, tmp_path):
     result = run_cli("sample", corpus["ckpt"], "--adapt", tmp_path / "none.txt")
     assert result.exit_code == 1
     assert "not found" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_weight_the_statistics_never_saw_steps_like_its_neighbours(corpus):
+    """The update is -lr * g / (max(RMS, rms_floor * mean RMS of its tensor) + eps): a row of
+    the embedding whose statistic is 0 (a symbol absent from the sampled training segments)
+    moves at most 1/rms_floor times as far per unit gradient as a typical weight, not
+    1/epsilon times."""
+    ckpt = load_checkpoint(corpus["ckpt"])
+    ids = ckpt.vocab.encode(corpus["repetitive"].read_text(encoding="utf-8"))[:11]
+    rms, _ = load_or_compute_rms(ckpt)
+    rms = {k: v.clone() for k, v in rms.items()}
+    rare = int(ids[3])
+    rms["embedding.weight"][rare] = 0.0
+    settings = DynamicSettings(segment=10, lr=1e-3, decay=0.0)
+    model = load_checkpoint(corpus["ckpt"]).model.eval()
+    before = model.embedding.weight.detach().clone()
+    logits, _ = model(torch.as_tensor(ids[:10, None]))
+    loss = torch.nn.functional.cross_entropy(logits[:, 0], torch.as_tensor(ids[1:11]))
+    (grad,) = torch.autograd.grad(loss, [model.embedding.weight])
+    adapt(model, ids, rms, settings)
+    r = rms["embedding.weight"]
+    floored = torch.clamp(r, min=settings.rms_floor * float(r.mean()))
+    expected = before - settings.lr * grad / (floored + settings.epsilon)
+    torch.testing.assert_close(model.embedding.weight.detach(), expected, rtol=1e-4, atol=1e-7)
+    moved = (model.embedding.weight.detach() - before)[rare].abs().max()
+    assert 0 < moved <= settings.lr * grad[rare].abs().max() / (0.5 * float(r.mean())) * 1.001
+    with pytest.raises(Exception, match="rms_floor"):
+        DynamicSettings(rms_floor=-1.0).validate()
