@@ -299,9 +299,11 @@ def playground_run(url: str, key: str | None = None) -> dict:
         wait = """new Promise((resolve) => { const t0 = Date.now(); (function poll() {
             const s = document.body.dataset.state;
             if (%s || Date.now() - t0 > 20000) resolve(s); else setTimeout(poll, 20); })(); })"""
-        seen = {"state": browser.evaluate(wait % 's !== "loading"'),
-                "model": browser.evaluate("document.getElementById('model').textContent"),
-                "error": browser.evaluate("document.getElementById('error').textContent")}
+        seen = {
+            "state": browser.evaluate(wait % 's !== "loading"'),
+            "model": browser.evaluate("document.getElementById('model').textContent"),
+            "error": browser.evaluate("document.getElementById('error').textContent"),
+        }
         typed = {"api_key": key or "", "prompt": "the cat", "max_tokens": "150", "temperature": "0"}
         browser.evaluate(f"""(() => {{ for (const [id, v] of Object.entries({json.dumps(typed)}))
             document.getElementById(id).value = v;
