@@ -14,7 +14,7 @@ term is an RMSprop-like step normalised by how large that weight's gradients usu
 second pulls every weight back toward the trained one, faster for weights whose gradients are
 usually large (mean(RMS) is the mean over the parameter tensors of each tensor's mean RMS, and
 decay * RMS / mean(RMS) is clipped at 1 so the pull never overshoots). Each RMS counts as at
-least `rms_floor` (0.5) times its own tensor's mean RMS: weights the statistics saw almost no
+least `rms_floor` (1.0) times its own tensor's mean RMS: weights the statistics saw almost no
 gradient for (rare symbols' rows) would otherwise step hundreds of times further than the rest
 and barely decay. The hidden state is carried across segments (detached).
 
@@ -55,7 +55,7 @@ class DynamicSettings:
     lr: float = 6e-5  # eta: the step, in units of each weight's RMS training gradient
     decay: float = 0.01  # lambda: pull back toward the trained weights per update
     epsilon: float = 1e-5  # added to RMS (guards weights whose gradients are ~0)
-    rms_floor: float = 0.5  # each RMS counts as at least this fraction of its tensor's mean
+    rms_floor: float = 1.0  # each RMS counts as at least this fraction of its tensor's mean
 
     def validate(self) -> None:
         if isinstance(self.segment, bool) or not isinstance(self.segment, int) or self.segment < 1:
