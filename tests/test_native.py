@@ -61,3 +61,20 @@ def test_kernels_build_with_the_compiler_and_leave_float_modes_alone(monkeypatch
         assert float(tiny * 1e-3) > 0.0  # a subnormal result survives
     finally:
         native.cell_kernels.cache_clear()
+
+
+def test_charlstm_native_0_turns_the_kernels_off(monkeypatch):
+    """The documented switch: the layer then runs its ATen-op path."""
+    monkeypatch.setenv("CHARLSTM_NATIVE", "0")
+    native.cell_kernels.cache_clear()
+    try:
+        assert native.cell_kernels() is None
+        assert native.unavailable_reason == "CHARLSTM_NATIVE=0"
+        x = torch.randn(3, 2, 4)
+        lstm = torch.nn.LSTM(4, 8)
+        weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+        y, _, _ = lstm_bf16.lstm_layer_bf16(x, torch.zeros(2, 8), torch.zeros(2, 8), *weights)
+        assert y.shape == (3, 2, 8)
+    finally:
+        monkeypatch.undo()
+        native.cell_kernels.cache_clear()
