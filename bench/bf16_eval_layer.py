@@ -1,32 +1,35 @@
 """Forward-only (evaluation-shaped) speed of one LSTM layer: nn.LSTM fp32 against the bf16
 window with the C cell (issue #15 item 4). `python bench/bf16_eval_layer.py`."""
 
-import time, torch
+import time
+
+import torch
+
 from charlstm.lstm_bf16 import NativeBF16LSTMWindow
 from charlstm.runtime import keep_freed_memory
 
 keep_freed_memory()
-T, B, I, H = 256, 64, 512, 512
-lstm = torch.nn.LSTM(I, H)
-w = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
-x = torch.randn(T, B, I)
-h0 = torch.zeros(B, H)
-c0 = torch.zeros(B, H)
+steps, streams, inputs, hidden = 256, 64, 512, 512
+lstm = torch.nn.LSTM(inputs, hidden)
+weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+x = torch.randn(steps, streams, inputs)
+h0, c0 = torch.zeros(streams, hidden), torch.zeros(streams, hidden)
 
 
-def tm(f):
-    f()
-    best = 1e9
-    for _ in range(5):
-        t = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t)
+def best_seconds(fn, rounds: int = 5) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
     return best
 
 
 with torch.no_grad():
-    a = tm(lambda: lstm(x, (h0[None], c0[None])))
-    b = tm(lambda: NativeBF16LSTMWindow.apply(x, h0, c0, *w))
+    fp32 = best_seconds(lambda: lstm(x, (h0[None], c0[None])))
+    bf16 = best_seconds(lambda: NativeBF16LSTMWindow.apply(x, h0, c0, *weights))
 print(
-    f"one layer forward, T {T} x {B} streams, H {H}: nn.LSTM fp32 {a * 1e3:.1f} ms, bf16 C cell {b * 1e3:.1f} ms, ratio {a / b:.2f}x"
+    f"one layer forward, {steps} steps x {streams} streams, H {hidden}: "
+    f"nn.LSTM fp32 {fp32 * 1e3:.1f} ms, bf16 C cell {bf16 * 1e3:.1f} ms, {fp32 / bf16:.2f}x"
 )
