@@ -197,16 +197,13 @@ def measure_chars_per_s(
     step was seen to take 40x its idle time now and then), so the fastest step is the nearest
     to what the machine itself does. Under torchrun each process trains its share of the
     streams, so the rate counts all of them."""
-    from charlstm.model import CharLSTM, repackage_state
-    from charlstm.runtime import autocast, autocast_dtype, keep_freed_memory, lstm_kernel
-    from charlstm.trainer import build_optimizer
+    from charlstm.model import repackage_state
+    from charlstm.runtime import autocast, autocast_dtype
+    from charlstm.trainer import build_model, build_optimizer
 
     begun = time.perf_counter()
     model_config = cfg.model_config(vocab_size)
-    model = CharLSTM(model_config).to(device)
-    model.lstm_kernel = lstm_kernel(device, cfg.precision, model_config.hidden_size)
-    if device.type == "cpu":
-        keep_freed_memory()
+    model = build_model(model_config, cfg.precision, device)
     model.train()
     optimizer = build_optimizer(model, cfg, device)
     amp = autocast_dtype(device, cfg.precision)

@@ -207,6 +207,16 @@ def planned_evaluations(cfg: TrainConfig, steps_per_s: float, seconds: float) ->
     return count
 
 
+def build_model(model_config, precision: str, device: torch.device) -> CharLSTM:
+    """A CharLSTM on `device` set up to train as `train` does: the LSTM kernel `precision` picks
+    there, and on a CPU glibc keeping freed blocks (charlstm.runtime.keep_freed_memory)."""
+    model = CharLSTM(model_config).to(device)
+    model.lstm_kernel = lstm_kernel(device, precision, model_config.hidden_size)
+    if device.type == "cpu":
+        keep_freed_memory()
+    return model
+
+
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device) -> torch.optim.Optimizer:
     """AdamW that decays weight matrices only (biases and the embedding table are left alone)."""
     decay, no_decay, seen = [], [], set()
@@ -275,10 +285,7 @@ class Trainer:
         self.local_streams = cfg.batch_size // dist.world_size
         self.model_config = cfg.model_config(dataset.vocab.size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        model = CharLSTM(self.model_config).to(device)
-        model.lstm_kernel = lstm_kernel(device, cfg.precision, self.model_config.hidden_size)
-        if device.type == "cpu":
-            keep_freed_memory()
+        model = build_model(self.model_config, cfg.precision, device)
         self.state = RunState(model, build_optimizer(model, cfg, device))
         self.forward_model = model
         if dist.enabled:
