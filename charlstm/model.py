@@ -24,7 +24,8 @@ checkpoint does not change and evaluation is the plain nn.LSTM call.
 `lstm_kernel = "bf16"` (set by the trainer where bf16 GEMMs win, see `charlstm.lstm_bf16`)
 runs every layer in training through a hand-written window kernel on CPU tensors instead:
 bf16 matrix products, fp32 weights, state and gate arithmetic, the same parameters. Dropout
-between layers and DropConnect stay here, outside the layer.
+between layers and DropConnect stay here, outside the layer; the dropout masks then come from
+the same C library (a counter-based mask, regenerated in the backward, not stored).
 """
 
 from __future__ import annotations
@@ -117,6 +118,10 @@ class CharLSTM(nn.Module):
         if not self.training or p == 0:
             return x
         if not self.config.locked_dropout:
+            if self.lstm_kernel == "bf16":  # the C kernel's mask (charlstm.lstm_bf16.dropout)
+                from charlstm.lstm_bf16 import dropout
+
+                return dropout(x, p)
             return F.dropout(x, p, training=True)
         mask = x.new_empty(1, *x.shape[1:]).bernoulli_(1 - p).div_(1 - p)
         return x * mask

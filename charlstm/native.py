@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lstm_cell.c")
-#: -ffast-math lets gcc call glibc's vector exp (libmvec); the link step leaves it out, because
+#: -ffast-math lets gcc vectorise the cell's min/max/floor; the link step leaves it out, because
 #: gcc < 13 would otherwise link crtfastmath.o, which sets flush-to-zero for the whole process
 COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-c")
 LINK_FLAGS = ("-shared", "-fopenmp", "-lm")
@@ -39,8 +39,8 @@ def compiler() -> str | None:
 
 @functools.cache
 def cell_kernels() -> ctypes.CDLL | None:
-    """The loaded kernels (`lstm_cell_forward`, `lstm_cell_backward`), built on first use; None
-    where they cannot be (the reason is in `unavailable_reason`)."""
+    """The loaded kernels (`lstm_cell_forward`, `lstm_cell_backward`, `dropout_apply`), built
+    on first use; None where they cannot be (the reason is in `unavailable_reason`)."""
     global unavailable_reason
     if os.environ.get("CHARLSTM_NATIVE", "1") == "0":
         unavailable_reason = "CHARLSTM_NATIVE=0"
@@ -53,7 +53,11 @@ def cell_kernels() -> ctypes.CDLL | None:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     lib.lstm_cell_forward.argtypes = [i32, i32, i32] + [ptr] * 9
     lib.lstm_cell_backward.argtypes = [i32, i32, i32] + [ptr] * 8
+    lib.dropout_apply.argtypes = [
+        i32, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ptr, ptr
+    ]
     lib.lstm_cell_forward.restype = lib.lstm_cell_backward.restype = None
+    lib.dropout_apply.restype = None
     return lib
 
 

@@ -78,3 +78,73 @@ def test_charlstm_native_0_turns_the_kernels_off(monkeypatch):
     finally:
         monkeypatch.undo()
         native.cell_kernels.cache_clear()
+
+
+def needs_kernels():
+    if native.cell_kernels() is None:
+        pytest.skip(f"the C cell kernels do not build here: {native.unavailable_reason}")
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 2047, 2048, 2049, 300_001])
+def test_native_dropout_is_dropout(n):
+    """Every element is reached (odd sizes, partial blocks); a dropped one is 0, a kept one
+    x / (1 - p); the backward applies the forward's mask, regenerated from the same seed."""
+    needs_kernels()
+    torch.manual_seed(0)
+    x = (torch.rand(n) + 0.5).requires_grad_()
+    assert torch.equal(lstm_bf16.NativeDropout.apply(x, 0.0), x.detach())
+    p = 0.3
+    y = lstm_bf16.NativeDropout.apply(x, p)
+    kept = y != 0
+    assert torch.allclose(y[kept], x.detach()[kept] / (1 - p))
+    g = torch.randn(n)
+    y.backward(g)
+    assert torch.equal(x.grad != 0, kept)
+    assert torch.allclose(x.grad[kept], g[kept] / (1 - p))
+    if n > 100_000:  # the drop rate, within 5 standard deviations
+        rate = 1 - kept.float().mean().item()
+        assert abs(rate - p) < 5 * (p * (1 - p) / n) ** 0.5
+
+
+def test_native_dropout_masks_follow_torch_s_seed_not_the_thread_count():
+    """Reproducible like F.dropout (torch.manual_seed, saved RNG states), the same mask on 1
+    or 2 threads, a fresh mask each call, and no correlation between neighbours."""
+    needs_kernels()
+    x = torch.ones(1 << 20)
+    torch.manual_seed(7)
+    a = lstm_bf16.dropout(x, 0.5)
+    b = lstm_bf16.dropout(x, 0.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(7)
+        assert torch.equal(lstm_bf16.dropout(x, 0.5), a)
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.equal(a, b)
+    m = (a > 0).float()
+    for lag in (1, 1024, 2048):
+        corr = torch.corrcoef(torch.stack([m[:-lag], m[lag:]]))[0, 1].item()
+        assert abs(corr) < 0.01, lag
+
+
+def test_bf16_training_draws_its_dropout_masks_in_c(monkeypatch):
+    """The bf16 kernel's model routes plain dropout through the C kernel (locked dropout and
+    the fp32 path keep torch's masks)."""
+    needs_kernels()
+    calls = []
+    real = lstm_bf16.NativeDropout.apply
+    monkeypatch.setattr(lstm_bf16.NativeDropout, "apply", lambda *a: calls.append(1) or real(*a))
+    from charlstm.config import ModelConfig
+    from charlstm.model import CharLSTM
+
+    model = CharLSTM(ModelConfig(vocab_size=11, embed_size=8, hidden_size=16, num_layers=2,
+                                 dropout=0.2))  # fmt: skip
+    model.train()
+    tokens = torch.randint(0, 11, (6, 3))
+    model(tokens)
+    assert not calls  # fp32 kernel: torch's dropout inside nn.LSTM
+    model.lstm_kernel = "bf16"
+    logits, _ = model(tokens)
+    logits.sum().backward()
+    assert len(calls) == 3  # input, between the layers, output
