@@ -53,9 +53,8 @@ def cell_kernels() -> ctypes.CDLL | None:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     lib.lstm_cell_forward.argtypes = [i32, i32, i32] + [ptr] * 9
     lib.lstm_cell_backward.argtypes = [i32, i32, i32] + [ptr] * 8
-    lib.dropout_apply.argtypes = [
-        i32, ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float, ptr, ptr
-    ]
+    i64, u64, u32, f32 = ctypes.c_int64, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_float
+    lib.dropout_apply.argtypes = [i32, i64, u64, u32, f32, ptr, ptr]
     lib.lstm_cell_forward.restype = lib.lstm_cell_backward.restype = None
     lib.dropout_apply.restype = None
     return lib
