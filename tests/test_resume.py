@@ -201,7 +201,7 @@ def test_resume_with_ema_is_exact(data, tmp_path):
     assert stopped.steps == 20
     assert train(out=tmp_path / "two", resume=True).steps == 40
     assert_same_run(tmp_path / "one", tmp_path / "two")
-    one, two = read_checkpoint(tmp_path / "one" / "last.pt"), read_checkpoint(tmp_path / "two" / "last.pt")
+    one, two = (read_checkpoint(tmp_path / x / "last.pt") for x in ("one", "two"))
     assert one["run"]["ema_updates"] == two["run"]["ema_updates"] == 40
     for name, tensor in one["run"]["trained_model"].items():
         assert torch.equal(tensor, two["run"]["trained_model"][name]), name
