@@ -64,7 +64,8 @@ def main() -> None:
     params = model.num_parameters()
     print(f"{args.preset}: {params / 1e6:.2f} M parameters, {torch.get_num_threads()} thread(s)")
     print(f"  training step            {step_s * 1e3:8.1f} ms")
-    print(f"  EMA update               {update_s * 1e3:8.3f} ms  ({update_s / step_s:.2%} of a step)")
+    share = update_s / step_s
+    print(f"  EMA update               {update_s * 1e3:8.3f} ms  ({share:.2%} of a step)")
     print(f"  apply + restore (a val)  {swap_s * 1e3:8.3f} ms")
 
 
