@@ -5,12 +5,15 @@ with ``torch.load(weights_only=True)`` so a file carrying a pickled callable is 
 anything in it runs. It holds everything `eval`, `sample` and an exact `--resume` need:
 
     format, format_version   "charlstm-checkpoint", 2
-    model_config, model      the architecture and its weights (all eval/sample need)
+    model_config, model      the architecture and its weights (all eval/sample need); with
+                             --ema, the averaged weights
     vocab                    tokenizer.json text
     train_config             the run's TrainConfig as a dict
     data                     name, folder, sha256 and split sizes of the training data
     run                      the RunState: step, epoch, window position, carried hidden state,
-                             RNG states, optimizer, best/last val, loss sums, elapsed time
+                             RNG states, optimizer, best/last val, loss sums, elapsed time;
+                             with --ema also the trained weights (trained_model) and the
+                             average's update count (ema_updates)
 
 Version 1 (charlstm 0.1) kept the run state's fields at the top level; `read_checkpoint`
 upgrades such a file in memory, so old runs still evaluate, sample and resume.

@@ -247,6 +247,13 @@ class TrainConfig(_Architecture):
     warmup_steps: int = option(50, "Linear warm-up steps.", flag="--warmup", check=whole(0))
     weight_decay: float = option(0.01, "AdamW weight decay.", check=number(0))
     clip: float = option(1.0, "Gradient-norm clip (0: off).", check=number(0))
+    ema: float = option(
+        0.0,
+        "Average the weights: an exponential moving average with this decay (e.g. 0.999; "
+        "0: off), used by validation and saved as the checkpoints' model.",
+        check=number(0, 1),
+        metavar="DECAY",
+    )
     seed: int = option(1337, "Random seed (0 to 2^63-1).", check=_seed_check)
     # how long (may change on resume)
     steps: int | None = option(

@@ -16,9 +16,10 @@ from typing import Any
 import torch
 
 from charlstm.distributed import Dist
+from charlstm.ema import WeightAverage
 
 # fields that are live objects, saved by a method of their own; every other field is plain data
-_LIVE = ("model", "optimizer", "hidden")
+_LIVE = ("model", "optimizer", "hidden", "ema")
 
 
 @dataclass
@@ -35,23 +36,31 @@ class RunState:
     loss_sum: float = 0.0  # train loss since the last log line (so a resume logs the same)
     loss_count: int = 0
     hidden: tuple[torch.Tensor, torch.Tensor] | None = None  # this rank's carried (h, c)
+    ema: WeightAverage | None = None  # --ema: the average of the weights
 
     def plain(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _LIVE}
 
     def state_dict(self, dist: Dist, device: torch.device) -> dict:
         """`{"model": weights, "run": everything else}` for a checkpoint. A collective under
-        DDP: every rank must call it (hidden states and RNG states are gathered)."""
+        DDP: every rank must call it (hidden states and RNG states are gathered). With --ema
+        the `model` weights are the average (what eval and sample load) and the trained ones
+        are in the run state."""
         rng = {"torch": torch.get_rng_state()}
         if device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(device)
         hidden = None
         if self.hidden is not None:
             hidden = [dist.all_gather(s.float(), dim=1).cpu() for s in self.hidden]
+        trained = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        averaged = {}
+        if self.ema is not None:
+            averaged = {"trained_model": trained, "ema_updates": self.ema.updates}
         return {
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "model": trained if self.ema is None else self.ema.model_state_dict(self.model),
             "run": {
                 **self.plain(),
+                **averaged,
                 "optimizer": self.optimizer.state_dict(),
                 "hidden": hidden,
                 "rng": dist.all_gather_object(rng),
@@ -62,7 +71,11 @@ class RunState:
     def load_state_dict(self, payload: dict, dist: Dist, device: torch.device) -> str | None:
         """Restore from a checkpoint's payload; returns a warning to show, if any."""
         run = payload["run"]
-        self.model.load_state_dict(payload["model"])
+        if self.ema is not None:
+            self.model.load_state_dict(run["trained_model"])
+            self.ema.load_state_dict(payload["model"], run["ema_updates"])
+        else:
+            self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(run["optimizer"])
         for name, value in self.plain().items():
             setattr(self, name, run.get(name, value))

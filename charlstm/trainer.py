@@ -34,6 +34,7 @@ from charlstm import autopreset, distributed
 from charlstm.checkpoint import read_checkpoint, save_checkpoint
 from charlstm.config import AUTO_PRESET, CPU_DEFAULT_PRESET, TrainConfig, resolve_config
 from charlstm.data import Dataset, TrainStreams, data_name
+from charlstm.ema import WeightAverage
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.evaluation import metrics_from_nats, stream_count, stream_nats
 from charlstm.model import CharLSTM, repackage_state
@@ -287,6 +288,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_model(self.model_config, cfg.precision, device)
         self.state = RunState(model, build_optimizer(model, cfg, device))
+        if cfg.ema > 0:
+            self.state.ema = WeightAverage(model, cfg.ema)
         self.forward_model = model
         if dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
@@ -307,7 +310,8 @@ class Trainer:
         return self.state.model
 
     def checkpoint_bytes(self) -> int:
-        return self.model.num_parameters() * 4 * 3  # weights + AdamW's two moments
+        # weights + AdamW's two moments (+ the average)
+        return self.model.num_parameters() * 4 * (4 if self.state.ema is not None else 3)
 
     def restore(self, payload: dict, extended: bool) -> None:
         """Continue exactly where last.pt left off (in memory: nothing is written here)."""
@@ -450,6 +454,8 @@ class Trainer:
             st.hidden = repackage_state(hidden)
             return mean_loss, False
         st.optimizer.step()
+        if st.ema is not None:
+            st.ema.update()
         st.hidden = tuple(s.float() for s in repackage_state(hidden))
         return mean_loss, True
 
@@ -551,7 +557,15 @@ class Trainer:
         return self.state.step * self.cfg.batch_size * self.cfg.bptt
 
     def validate(self) -> float:
-        """Exact full-stream val loss; streams sharded over ranks, sums all-reduced."""
+        """Exact full-stream val loss (of the averaged weights with --ema); streams sharded
+        over ranks, sums all-reduced."""
+        if self.state.ema is None:
+            return self.validate_weights()
+        with self.state.ema.applied():
+            return self.validate_weights()
+
+    def validate_weights(self) -> float:
+        """Exact full-stream val loss of the model's weights as they are."""
         streams = stream_count(len(self.val_ids), self.cfg.eval_batch_size)
         per_rank = -(-streams // self.dist.world_size)
         lo = min(streams, self.dist.rank * per_rank)
@@ -569,6 +583,8 @@ class Trainer:
     def evaluate_and_save(self, lr: float) -> None:
         st = self.state
         val = self.validate()
+        # with --ema, the trained weights too: whether averaging pays shows in every run
+        trained = {} if st.ema is None else {"trained_val_loss": self.validate_weights()}
         improved = st.best_val is None or val < st.best_val
         st.last_val = val
         st.best_val = val if improved else st.best_val
@@ -584,6 +600,7 @@ class Trainer:
                 "bpc": val / math.log(2),
                 "perplexity": math.exp(min(val, 700)),
                 "lr": lr,
+                **trained,
             }
         )
         self.reporter.evaluated(EvalStats(st.step, val, improved, streams))

@@ -14,6 +14,7 @@ from tiny import TINY_KWARGS, tiny_args, word_text
 from typer.testing import CliRunner
 
 import charlstm.cli
+from charlstm.checkpoint import read_checkpoint
 from charlstm.prepare import tokenize
 from charlstm.sampling import generate
 from charlstm.trainer import train
@@ -321,6 +322,27 @@ def test_train_usage_error(run, tmp_path):
     assert_clean_error(
         cli("train", run["data"], "--out", tmp_path / "r", "--preset", "huge"), 2, "--preset"
     )
+
+
+@pytest.mark.parametrize("decay", ["1", "-0.1", "1.5"])
+def test_train_ema_outside_0_1_is_a_usage_error(run, tmp_path, decay):
+    out = tmp_path / "r"
+    assert_clean_error(
+        cli("train", run["data"], "--out", out, *SMALL, "--ema", decay), 2, "--ema", "[0, 1)"
+    )
+    assert not out.exists()
+
+
+def test_train_ema_then_resume_from_the_folder_alone(run, tmp_path):
+    """--ema is recorded with the run: `--out RUN --resume` keeps averaging, no flag again."""
+    out = tmp_path / "run"
+    first = cli("train", run["data"], "--out", out, *SMALL, "--steps", "6", "--ema", "0.9", "-q")
+    assert first.exit_code == 0, first.stderr
+    assert json.loads((out / "config.json").read_text())["train"]["ema"] == 0.9
+    again = cli("train", "--out", out, "--resume", "--steps", "9", "-q")
+    assert again.exit_code == 0, again.stderr
+    run_state = read_checkpoint(out / "last.pt")["run"]
+    assert run_state["step"] == 9 and run_state["ema_updates"] == 9
 
 
 def test_train_into_an_existing_run_is_refused_and_changes_nothing(run):

@@ -67,8 +67,11 @@ def data(tmp_path) -> Path:
     return tokenize(tmp_path / "c.txt", tmp_path / "data").out
 
 
-def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
-    common = [str(data), *TINY, "--steps", "12", "--eval-every", "6"]
+@pytest.mark.parametrize("ema", [[], ["--ema", "0.9"]], ids=["plain", "ema"])
+def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, ema):
+    """The same run in 1 and 2 processes; with --ema the average is the same on every rank
+    (identical parameters), so the saved average matches too."""
+    common = [str(data), *TINY, "--steps", "12", "--eval-every", "6", *ema]
     single = subprocess.run(
         [sys.executable, "-m", "charlstm", "train", *common, "--out", str(tmp_path / "one")],
         capture_output=True,
@@ -84,6 +87,9 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path):
     assert b["run"]["world_size"] == 2
     for name, tensor in a["model"].items():
         torch.testing.assert_close(b["model"][name], tensor, rtol=0, atol=1e-5)
+    if ema:
+        for name, tensor in a["run"]["trained_model"].items():
+            torch.testing.assert_close(b["run"]["trained_model"][name], tensor, rtol=0, atol=1e-5)
     # validation sharded over ranks and all-reduced equals the single-process figure
     assert abs(a["run"]["best_val"] - b["run"]["best_val"]) < 1e-5
     # exactly one set of run files, written by rank 0
@@ -123,9 +129,10 @@ def test_a_failing_rank_fails_the_job_with_its_error(data, tmp_path):
 
 def test_resume_under_torchrun_is_exact(data, tmp_path):
     # a constant learning rate makes the schedule independent of --steps, so "6 then resume
-    # to 12" must equal "12 in one go"; dropout 0.1 checks each rank's restored RNG stream
+    # to 12" must equal "12 in one go"; dropout 0.1 checks each rank's restored RNG stream,
+    # --ema that the average and the trained weights both continue
     common = [str(data), *TINY, "--dropout", "0.1", "--warmup", "0", "--min-lr-ratio", "1",
-              "--eval-every", "6"]  # fmt: skip
+              "--eval-every", "6", "--ema", "0.9"]  # fmt: skip
     one_go = _torchrun(2, "train", *common, "--steps", "12", "--out", str(tmp_path / "a"))
     assert one_go.returncode == 0, one_go.stderr
     first = _torchrun(2, "train", *common, "--steps", "6", "--out", str(tmp_path / "b"))
@@ -133,7 +140,7 @@ def test_resume_under_torchrun_is_exact(data, tmp_path):
     second = _torchrun(2, "train", *common, "--steps", "12", "--out", str(tmp_path / "b"),
                        "--resume")  # fmt: skip
     assert second.returncode == 0, second.stderr
-    a = read_checkpoint(tmp_path / "a" / "last.pt")["model"]
-    b = read_checkpoint(tmp_path / "b" / "last.pt")["model"]
-    for name in a:
-        assert torch.equal(a[name], b[name]), name
+    a, b = (read_checkpoint(tmp_path / x / "last.pt") for x in "ab")
+    for weights in (lambda p: p["model"], lambda p: p["run"]["trained_model"]):
+        for name, tensor in weights(a).items():
+            assert torch.equal(tensor, weights(b)[name]), name

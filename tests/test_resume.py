@@ -191,3 +191,20 @@ def test_device_may_change_on_resume(data, tmp_path):
     run = tmp_path / "run"
     train(data, run, steps=10, **OPTIONS)
     assert train(out=run, resume=True, steps=15, device="auto", eval_every="5").steps == 15
+
+
+def test_resume_with_ema_is_exact(data, tmp_path):
+    """--ema: the averaged weights (the checkpoint's `model`) and the trained ones (in the run
+    state) both continue bit for bit; the resume needs no --ema again (the run recorded it)."""
+    train(data, tmp_path / "one", steps=40, ema=0.9, **OPTIONS)
+    stopped = train(data, tmp_path / "two", steps=40, ema=0.9, reporter=InterruptAt(20), **OPTIONS)
+    assert stopped.steps == 20
+    assert train(out=tmp_path / "two", resume=True).steps == 40
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    one, two = (read_checkpoint(tmp_path / x / "last.pt") for x in ("one", "two"))
+    assert one["run"]["ema_updates"] == two["run"]["ema_updates"] == 40
+    for name, tensor in one["run"]["trained_model"].items():
+        assert torch.equal(tensor, two["run"]["trained_model"][name]), name
+        assert not torch.equal(tensor, one["model"][name]), name  # the average differs
+    with pytest.raises(OptionError, match="cannot change --ema"):
+        train(out=tmp_path / "two", resume=True, steps=50, ema=0.5)

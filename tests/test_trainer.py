@@ -347,6 +347,8 @@ def test_force_starts_over(data, tmp_path):
         ({"seed": -1}, "--seed must be a whole number from 0 to 2\\^63-1, got -1"),
         ({"seed": 2**64}, "--seed must be a whole number from 0"),
         ({"device": "gpu"}, "--device 'gpu' is not a device"),
+        ({"ema": 1.0}, r"--ema must be in \[0, 1\), got 1.0"),
+        ({"ema": -0.5}, r"--ema must be in \[0, 1\), got -0.5"),
     ],
 )
 def test_bad_options_raise_before_anything_is_written(data, tmp_path, override, message):
@@ -531,3 +533,36 @@ def test_time_budgeted_runs_validate_before_the_end(data, tmp_path):
 
 
 # -- data ----------------------------------------------------------------------------------------
+
+
+# -- --ema: the average of the weights -----------------------------------------------------------
+def test_ema_leaves_training_alone_and_is_what_is_validated_and_saved(data, tmp_path):
+    """--ema changes no trained weight (same seed, same run as without it); the checkpoints'
+    model is the average, val_loss is the average's and trained_val_loss the trained weights'
+    (the same as the plain run's val_loss), and `evaluate` of best.pt scores what was logged."""
+    train(data, tmp_path / "plain", steps=30, **TINY)
+    result = train(data, tmp_path / "ema", steps=30, ema=0.95, **TINY)
+    plain, ema = (read_checkpoint(tmp_path / x / "last.pt") for x in ("plain", "ema"))
+    assert_same(ema["run"]["trained_model"], plain["model"], "trained weights")
+    assert_same(ema["run"]["optimizer"], plain["run"]["optimizer"], "optimizer")
+    assert ema["run"]["ema_updates"] == 30 and "trained_model" not in plain["run"]
+    assert not any(torch.equal(ema["model"][k], plain["model"][k]) for k in plain["model"])
+    evals, plain_evals = records(tmp_path / "ema", "eval"), records(tmp_path / "plain", "eval")
+    assert [r["trained_val_loss"] for r in evals] == [r["val_loss"] for r in plain_evals]
+    assert all("trained_val_loss" not in r for r in plain_evals)
+    assert result.best_val_loss == min(r["val_loss"] for r in evals)
+    best = min(evals, key=lambda r: r["val_loss"])
+    scored = evaluate(tmp_path / "ema" / "best.pt", split="val", batch_size=4, device="cpu")
+    assert scored.loss == pytest.approx(best["val_loss"], rel=1e-6)
+    config = json.loads((tmp_path / "ema" / "config.json").read_text())
+    assert config["train"]["ema"] == 0.95
+
+
+def test_ema_with_tied_weights_saves_one_average_for_both_names(data, tmp_path):
+    options = {**TINY, "embed_size": 32, "tie_weights": True, "ema": 0.9}
+    train(data, tmp_path / "run", steps=10, **options)
+    saved = model_weights(tmp_path / "run" / "last.pt")
+    assert torch.equal(saved["head.weight"], saved["embedding.weight"])
+    loaded = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert loaded.model.head.weight is loaded.model.embedding.weight
+    assert torch.equal(loaded.model.head.weight, saved["embedding.weight"])
