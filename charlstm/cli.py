@@ -349,6 +349,12 @@ class Split(str, Enum):
     train = "train"
 
 
+class EvalPrecision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class Unknown(str, Enum):
     error = "error"
     skip = "skip"
@@ -438,6 +444,13 @@ def eval_(
     cache_lambda: Annotated[
         float, typer.Option(help="--cache: weight of the cache in the mixture.")
     ] = _CACHE.lam,
+    precision: Annotated[
+        EvalPrecision,
+        typer.Option(
+            help="auto: fp32 on a CPU (the exact number), bf16 autocast on a GPU. bf16 on a CPU: "
+            "training's bf16 LSTM kernel, faster with bf16 units, off by bf16 rounding."
+        ),
+    ] = EvalPrecision.auto,
     device: DeviceOption = "auto",
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
@@ -465,6 +478,7 @@ def eval_(
         window_hop=window_hop,
         dynamic=settings if dynamic else None,
         cache=cache_settings if cache else None,
+        precision=precision.value,
     )
     if result.streams < result.streams_asked:
         ui.warn(

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from charlstm.errors import CharLSTMError, OptionError
 
+PRECISIONS = ("auto", "fp32", "bf16")
 EVAL_BPTT = 256  # no backward pass, so long windows only save Python overhead
 # ... but a window's logits are T x B x vocab floats (twice, with the log-softmax): cap them so
 # a big vocabulary with many streams cannot blow up memory (2**23 floats = 32 MB)
@@ -65,6 +66,7 @@ class EvalResult:
     window_hop: int | None = None  # ... and how far apart the windows start
     dynamic: dict | None = None  # with mode "dynamic": its settings and gradient statistics
     cache: dict | None = None  # with mode "cache": the continuous cache's settings
+    precision: str = "fp32"  # "fp32", "bf16 LSTM matmuls" (CPU) or "bf16 autocast" (GPU)
 
     @property
     def chars_per_s(self) -> float:
@@ -202,6 +204,7 @@ def evaluate(
     window_hop: int | None = None,
     dynamic=None,
     cache=None,
+    precision: str = "auto",
 ) -> EvalResult:
     """Score a checkpoint (path or loaded `Checkpoint`) on a split of tokenized data (default:
     the run's own data, its test split if non-empty else val) or on a text file encoded with
@@ -212,11 +215,24 @@ def evaluate(
     weights adapt to the text as it is scored (`charlstm.dynamic`); the result's `mode` says
     which, so static and dynamic numbers are never confused. `cache=True` (or a
     `CacheSettings`) mixes in a continuous cache of recent hidden states
-    (`charlstm.continuous_cache`, mode "cache")."""
+    (`charlstm.continuous_cache`, mode "cache").
+
+    `precision`: "auto" scores in fp32 on a CPU (the exact reference) and under bf16 autocast
+    on a GPU that has it; "fp32" forces fp32 everywhere; "bf16" is bf16 autocast on a GPU and,
+    on a CPU, the bf16 LSTM kernel of training (`charlstm.lstm_bf16`: bf16 matrix products,
+    fp32 state), faster where the CPU has bf16 units but off the fp32 number by bf16 rounding.
+    The result's `precision` says which ran."""
     from charlstm.checkpoint import Checkpoint, load_checkpoint
     from charlstm.runtime import autocast_dtype, resolve_device
 
     settings, cache_settings = _scoring_modes(batch_size, window, window_hop, dynamic, cache)
+    if precision not in PRECISIONS:
+        raise OptionError(f"unknown --precision {precision!r}", "use auto, fp32 or bf16")
+    if precision == "bf16" and (settings is not None or cache_settings is not None):
+        raise OptionError(
+            "--precision bf16 applies to static and --window scoring",
+            "--dynamic and --cache score in fp32; drop --precision",
+        )
     if unknown not in ("error", "skip"):
         raise OptionError(f"unknown --unknown {unknown!r}", "use error or skip")
     # with --dynamic, --data also says where the gradient statistics come from
@@ -256,13 +272,20 @@ def evaluate(
             loss, bpc, ppl, count, seconds, skipped, split_name, source, mode="cache",
             cache=asdict(cache_settings),
         )  # fmt: skip
-    dtype = autocast_dtype(dev, "auto") if dev.type == "cuda" else None
+    dtype = autocast_dtype(dev, precision) if dev.type == "cuda" else None
+    model = ckpt.model
+    model.eval_kernel = "bf16" if precision == "bf16" and dev.type == "cpu" else "fp32"
+    used = "bf16 LSTM matmuls" if model.eval_kernel == "bf16" else "fp32"
+    used = "bf16 autocast" if dtype == torch.bfloat16 else used
     streams = 1 if window is not None else stream_count(len(ids), batch_size)
     start = time.perf_counter()
-    if window is not None:
-        nats, count = window_nats(ckpt.model, ids, window, dev, dtype, window_hop)
-    else:
-        nats, count = stream_nats(ckpt.model, ids, streams, dev, dtype)
+    try:
+        if window is not None:
+            nats, count = window_nats(model, ids, window, dev, dtype, window_hop)
+        else:
+            nats, count = stream_nats(model, ids, streams, dev, dtype)
+    finally:
+        model.eval_kernel = "fp32"
     if dev.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -270,7 +293,7 @@ def evaluate(
     return EvalResult(
         loss, bpc, ppl, count, seconds, skipped, split_name, source, streams, batch_size,
         mode="static" if window is None else "window", window=window,
-        window_hop=None if window is None else window_hop or window // 2,
+        window_hop=None if window is None else window_hop or window // 2, precision=used,
     )  # fmt: skip
 
 

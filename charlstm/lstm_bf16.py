@@ -242,6 +242,49 @@ def lstm_layer_bf16(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     return window.apply(x.float(), h0.float(), c0.float(), w_ih, w_hh, b_ih, b_hh)
 
 
+@torch.no_grad()
+def lstm_layer_bf16_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
+    """`lstm_layer_bf16` for scoring only (no gradients): the same arithmetic, step by step,
+    but nothing kept for a backward pass. The input projection is computed a block of steps
+    at a time and the gates, cell and bf16 h live in one-step (ring) buffers, so memory is the
+    output y plus ~4096 rows of the projection, whatever the window and the number of streams.
+    Returns y (T,B,H), h_T, c_T, fp32."""
+    cell = cell_kernels()
+    x, h0, c0 = x.float(), h0.float(), c0.float()
+    if cell is None:  # the ATen path; it keeps the window's buffers, then drops them
+        return BF16LSTMWindow.apply(x, h0, c0, w_ih, w_hh, b_ih, b_hh)
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    wih_b, whh_b = w_ih.to(BF16), w_hh.to(BF16)
+    bias = (b_ih + b_hh).contiguous()
+    y = torch.empty(T, B, H)
+    act, tc = torch.empty(B, 4 * H), torch.empty(B, H)  # this step's gates and tanh(c)
+    c, hb = torch.empty(2, B, H), torch.empty(2, B, H, dtype=BF16)  # previous / this step
+    c[0].copy_(c0)
+    hb[0].copy_(h0)
+    linear, packed = _packed_linear(whh_b, B)
+    step = _StepPointers(B, H)
+    threads, forward = torch.get_num_threads(), cell.lstm_cell_forward
+    p_bias, p_act, p_tc, p_c, p_hb = map(_address, (bias, act, tc, c, hb))
+    block = max(1, INFERENCE_ROWS // B)
+    for lo in range(0, T, block):
+        gx = torch.mm(x[lo : lo + block].reshape(-1, x.shape[2]).to(BF16), wih_b.t())
+        p_gx = _address(gx)
+        for t in range(lo, min(T, lo + block)):
+            prev, this = t % 2, (t + 1) % 2
+            lin = linear(hb[prev], packed)
+            forward(
+                threads, B, H, lin.data_ptr(), p_gx + (t - lo) * step.gates_bf16, p_bias,
+                p_c + prev * step.cells, p_act, p_c + this * step.cells, p_tc,
+                _address(y[t]), p_hb + this * step.cells_bf16,
+            )  # fmt: skip
+    return y, y[-1].clone(), c[T % 2].clone()
+
+
+#: rows (time steps x streams) of the input projection computed at once when scoring
+INFERENCE_ROWS = 4096
+
+
 class NativeDropout(torch.autograd.Function):
     """F.dropout(x, p) with the mask drawn by the C kernel `dropout_apply` from one 64-bit seed
     (taken from torch's generator, so `torch.manual_seed` and saved RNG states govern it as they

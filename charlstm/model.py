@@ -26,6 +26,8 @@ runs every layer in training through a hand-written window kernel on CPU tensors
 bf16 matrix products, fp32 weights, state and gate arithmetic, the same parameters. Dropout
 between layers and DropConnect stay here, outside the layer; the dropout masks then come from
 the same C library (a counter-based mask, regenerated in the backward, not stored).
+`eval_kernel = "bf16"` (`charlstm eval --precision bf16`) scores with the same kernel, forward
+only; by default evaluation keeps nn.LSTM's fp32 kernel and its exact number.
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class CharLSTM(nn.Module):
         )
         self.head = nn.Linear(config.hidden_size, config.vocab_size)
         self.lstm_kernel = "fp32"  # or "bf16": not a weight, so checkpoints do not record it
+        # forward-only scoring keeps the exact fp32 kernel unless asked (`eval --precision bf16`)
+        self.eval_kernel = "fp32"
         if config.tie_weights:
             self.head.weight = self.embedding.weight
         self.reset_parameters()
@@ -102,9 +106,10 @@ class CharLSTM(nn.Module):
         """tokens (T, B) -> logits (T, B, vocab), and the state after the last step."""
         x = self.embedding(tokens)
         cfg = self.config
-        # training only: forward-only evaluation is faster through nn.LSTM's fused fp32 kernel
-        # (measured: bf16 window 0.70x at 64 streams), and stays exact
-        bf16 = self.lstm_kernel == "bf16" and self.training and x.device.type == "cpu"
+        # training uses `lstm_kernel`; evaluation `eval_kernel`, fp32 unless asked, so that
+        # `eval` and the validation during training give the exact fp32 number by default
+        kernel = self.lstm_kernel if self.training else self.eval_kernel
+        bf16 = kernel == "bf16" and x.device.type == "cpu"
         if bf16 or (self.training and (cfg.weight_drop > 0 or cfg.locked_dropout)):
             out, state = self._layerwise_lstm(x, state, bf16)
             return self.head(self._dropout(out)), state
@@ -131,7 +136,9 @@ class CharLSTM(nn.Module):
     ) -> tuple[torch.Tensor, State]:
         """The LSTM one layer at a time (each layer one fused kernel call, or one bf16 window
         node), with DropConnect on the recurrent weights and our dropout between layers."""
-        from charlstm.lstm_bf16 import lstm_layer_bf16
+        from charlstm.lstm_bf16 import lstm_layer_bf16, lstm_layer_bf16_inference
+
+        bf16_layer = lstm_layer_bf16 if torch.is_grad_enabled() else lstm_layer_bf16_inference
 
         cfg = self.config
         if state is None:
@@ -149,7 +156,7 @@ class CharLSTM(nn.Module):
                 getattr(self.lstm, f"bias_hh_l{k}"),
             ]
             if bf16:
-                x, h, c = lstm_layer_bf16(x, state[0][k], state[1][k], *weights)
+                x, h, c = bf16_layer(x, state[0][k], state[1][k], *weights)
                 h, c = h.unsqueeze(0), c.unsqueeze(0)
             else:
                 hx = (state[0][k : k + 1], state[1][k : k + 1])

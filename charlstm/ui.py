@@ -322,6 +322,7 @@ def show_eval(result) -> None:
         "characters scored": fmt_int(result.chars),
         "time": f"{result.seconds:.2f} s",
         "speed": f"{result.chars_per_s:,.0f} chars/s",
+        "precision": result.precision,
     }
     if result.skipped:
         rows["skipped"] = f"{fmt_int(result.skipped)} unknown characters"

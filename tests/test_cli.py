@@ -172,6 +172,19 @@ def test_eval_json_is_one_object(run):
     assert scores["chars"] == len(np.load(run["data"] / "val.npy")) - 1
 
 
+def test_eval_precision_bf16(run):
+    """`eval --precision bf16`: the JSON and the table say which precision scored."""
+    result = cli("eval", run["best"], "--precision", "bf16", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["precision"] == "bf16 LSTM matmuls"
+    assert json.loads(cli("eval", run["best"], "--json").stdout)["precision"] == "fp32"
+    table = cli("eval", run["best"], "--precision", "bf16")
+    assert "bf16 LSTM matmuls" in table.stderr
+    assert_clean_error(
+        cli("eval", run["best"], "--precision", "bf16", "--dynamic"), 2, "--precision bf16"
+    )
+
+
 def test_eval_table_goes_to_stderr(run):
     result = cli("eval", run["best"], "--text", run["source"])
     assert result.exit_code == 0, result.stderr

@@ -303,6 +303,35 @@ def test_bad_options(corpus, options, message):
         evaluate(corpus["ckpt"], text=corpus["text"], device="cpu", **options)
 
 
+@pytest.mark.parametrize("window", [None, 16])
+def test_precision_bf16_on_a_cpu_is_the_bf16_kernel_and_reported(corpus, window):
+    """`precision="bf16"` scores through training's bf16 LSTM kernel: the same characters,
+    a loss within bf16 rounding of the exact fp32 one, the result saying which ran; the
+    default stays the exact fp32 number and the model is left on the fp32 kernel."""
+    ckpt = load_checkpoint(corpus["ckpt"])
+    exact = evaluate(ckpt, text=corpus["text"], device="cpu", window=window)
+    bf16 = evaluate(ckpt, text=corpus["text"], device="cpu", window=window, precision="bf16")
+    forced = evaluate(ckpt, text=corpus["text"], device="cpu", window=window, precision="fp32")
+    assert exact.precision == forced.precision == "fp32" and exact.loss == forced.loss
+    assert bf16.precision == "bf16 LSTM matmuls" and bf16.to_dict()["precision"] == bf16.precision
+    assert bf16.chars == exact.chars
+    assert bf16.loss != exact.loss and abs(bf16.loss - exact.loss) < 0.02 * exact.loss
+    assert ckpt.model.eval_kernel == "fp32"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"precision": "fp16"}, "unknown --precision 'fp16'"),
+        ({"precision": "bf16", "dynamic": True}, "--precision bf16 applies to static"),
+        ({"precision": "bf16", "cache": True}, "--precision bf16 applies to static"),
+    ],
+)
+def test_bad_precision(corpus, options, message):
+    with pytest.raises(CharLSTMError, match=message):
+        evaluate(corpus["ckpt"], text=corpus["text"], device="cpu", **options)
+
+
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(CharLSTMError, match="checkpoint not found"):
         evaluate(tmp_path / "none.pt", device="cpu")

@@ -140,6 +140,42 @@ def test_evaluation_stays_on_the_exact_fp32_path():
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
+def test_scoring_layer_is_the_training_kernels_forward(monkeypatch):
+    """The forward-only layer of `eval --precision bf16` keeps no buffers for a backward pass
+    and projects the input a block of steps at a time, but computes what the training kernel's
+    forward does (a block boundary inside the window, and an uneven last block, included)."""
+    from charlstm.lstm_bf16 import lstm_layer_bf16_inference
+
+    torch.manual_seed(1)
+    T, B, inputs, H = 11, 3, 6, 16
+    lstm = torch.nn.LSTM(inputs, H)
+    weights = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, lstm.bias_hh_l0]
+    x, h0, c0 = torch.randn(T, B, inputs), torch.randn(B, H) * 0.5, torch.randn(B, H) * 0.5
+    monkeypatch.setattr(lstm_bf16, "INFERENCE_ROWS", 4 * B)  # blocks of 4 steps: 4, 4, 3
+    with torch.no_grad():
+        ref = lstm_layer_bf16(x, h0, c0, *weights)
+        mine = lstm_layer_bf16_inference(x, h0, c0, *weights)
+        fp32 = lstm(x, (h0[None], c0[None]))[0]
+    for a, b in zip(mine, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert rel_err(mine[0], fp32) < BF16_REL
+
+
+def test_eval_kernel_bf16_scores_within_bf16_tolerance_and_only_when_asked():
+    """`eval_kernel = "bf16"` (eval --precision bf16) runs forward-only scoring through the
+    bf16 kernel: logits and state within bf16 tolerance of fp32, and not the same bits (so
+    the kernel really ran); training's `lstm_kernel` does not switch it on."""
+    tokens = torch.randint(0, 13, (20, 3), generator=torch.Generator().manual_seed(5))
+    model = small_model().eval()
+    with torch.no_grad():
+        ref, ref_state = model(tokens)
+        model.eval_kernel = "bf16"
+        mine, state = model(tokens)
+    assert not torch.equal(mine, ref)
+    for a, b in zip((mine, *state), (ref, *ref_state), strict=True):
+        assert rel_err(a, b) < BF16_REL
+
+
 def test_carried_state_across_windows_matches_fp32():
     """Truncated BPTT carries (h, c) from one window into the next: the kernel continues
     from a given state exactly as nn.LSTM does, within bf16 tolerance."""
