@@ -1,12 +1,18 @@
 """Quality check against a known answer: an order-2 Markov source over 12 symbols.
 
-Generates 1M characters from a random order-2 Markov chain, computes its entropy rate exactly
+Generates 5M characters from a random order-2 Markov chain, computes its entropy rate exactly
 (stationary distribution of the pair chain x conditional entropies), trains charlstm on it
 with the standard 90/10 split, and compares the full-stream val loss with the entropy rate —
-the best any model can do on average. Target: within 2 %.
+the best any model can do on average. Target: within 0.5 % (issue #14; it was 2 %).
 
-    python bench/markov.py                 # ~2-3 minutes on 2 cores
-    python bench/markov.py --steps 3000 --json
+    python bench/markov.py                 # ~1.5 minutes on 2 cores
+    python bench/markov.py --chars 1000000 --steps 1500 --json    # the old, smaller setting
+
+Why 5M characters and 6,000 steps (bench/RESULTS.md): with 1M (0.9M to train on) the 1 x 128
+model stops at 1.010x (1,500 steps) and 1.008x (6,000), and more passes over the same 0.9M
+characters do not help (a larger batch or dropout 0.2 make it worse): what is left is the
+sample, not the model. The source is unlimited, so the benchmark draws more of it: the same
+model and 6,000 steps (2.7 passes over 4.5M characters) reach 1.002x.
 """
 
 from __future__ import annotations
@@ -69,8 +75,8 @@ def true_model_loss(p: np.ndarray, ids: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--chars", type=int, default=1_000_000)
-    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--chars", type=int, default=5_000_000)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -103,7 +109,7 @@ def main() -> None:
         "true_model_on_val_nats": floor,
         "charlstm_val_nats": result.best_val_loss,
         "ratio_to_entropy_rate": result.best_val_loss / h,
-        "within_2_percent": result.best_val_loss <= 1.02 * h,
+        "within_half_percent": result.best_val_loss <= 1.005 * h,
         "train_seconds": time.perf_counter() - start,
         "steps": args.steps,
     }
@@ -114,8 +120,8 @@ def main() -> None:
         print(f"the source itself (val) {floor:.4f}")
         print(
             f"charlstm val            {result.best_val_loss:.4f}  "
-            f"({figures['ratio_to_entropy_rate']:.4f}x the entropy rate, target <= 1.02: "
-            f"{'PASS' if figures['within_2_percent'] else 'FAIL'})"
+            f"({figures['ratio_to_entropy_rate']:.4f}x the entropy rate, target <= 1.005: "
+            f"{'PASS' if figures['within_half_percent'] else 'FAIL'})"
         )
 
 
