@@ -223,7 +223,7 @@ def evaluate(
     fp32 state), faster where the CPU has bf16 units but off the fp32 number by bf16 rounding.
     The result's `precision` says which ran."""
     from charlstm.checkpoint import Checkpoint, load_checkpoint
-    from charlstm.runtime import autocast_dtype, resolve_device
+    from charlstm.runtime import autocast_dtype, keep_freed_memory, resolve_device
 
     settings, cache_settings = _scoring_modes(batch_size, window, window_hop, dynamic, cache)
     if precision not in PRECISIONS:
@@ -273,6 +273,8 @@ def evaluate(
             cache=asdict(cache_settings),
         )  # fmt: skip
     dtype = autocast_dtype(dev, precision) if dev.type == "cuda" else None
+    if dev.type == "cpu":  # reuse the windows' large buffers, as training does (1.2-1.6x here)
+        keep_freed_memory()
     model = ckpt.model
     model.eval_kernel = "bf16" if precision == "bf16" and dev.type == "cpu" else "fp32"
     used = "bf16 LSTM matmuls" if model.eval_kernel == "bf16" else "fp32"

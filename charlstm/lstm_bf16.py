@@ -233,13 +233,26 @@ def _window_gradients(dgates, x_b, hb, wih_b, linear, packed):
     return d_x, d_h0, d_wih, d_whh
 
 
-@torch.compiler.disable  # one opaque node to torch.compile, like nn.LSTM's kernel
 def lstm_layer_bf16(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     """One LSTM layer over a window (x (T,B,I), state (B,H) each) with bf16 GEMMs:
     returns y (T,B,H), h_T, c_T, all fp32. Uses the C cell kernels where they build (see
     charlstm.native), ATen ops otherwise."""
     window = NativeBF16LSTMWindow if cell_kernels() is not None else BF16LSTMWindow
     return window.apply(x.float(), h0.float(), c0.float(), w_ih, w_hh, b_ih, b_hh)
+
+
+_training_layer = None
+
+
+def training_layer():
+    """`lstm_layer_bf16` as one opaque node to torch.compile (`torch.compiler.disable`, like
+    nn.LSTM's kernel), made on first call rather than at import: importing torch._dynamo
+    takes ~1.7 s, which forward-only scoring (`eval --precision bf16`) should not pay. The
+    trainer calls it when it builds a bf16 model, before anything is compiled."""
+    global _training_layer
+    if _training_layer is None:
+        _training_layer = torch.compiler.disable(lstm_layer_bf16)
+    return _training_layer
 
 
 @torch.no_grad()

@@ -136,9 +136,10 @@ class CharLSTM(nn.Module):
     ) -> tuple[torch.Tensor, State]:
         """The LSTM one layer at a time (each layer one fused kernel call, or one bf16 window
         node), with DropConnect on the recurrent weights and our dropout between layers."""
-        from charlstm.lstm_bf16 import lstm_layer_bf16, lstm_layer_bf16_inference
+        from charlstm import lstm_bf16
 
-        bf16_layer = lstm_layer_bf16 if torch.is_grad_enabled() else lstm_layer_bf16_inference
+        grad = torch.is_grad_enabled()
+        bf16_layer = lstm_bf16.training_layer() if grad else lstm_bf16.lstm_layer_bf16_inference
 
         cfg = self.config
         if state is None:

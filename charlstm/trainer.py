@@ -213,6 +213,10 @@ def build_model(model_config, precision: str, device: torch.device) -> CharLSTM:
     there, and on a CPU glibc keeping freed blocks (charlstm.runtime.keep_freed_memory)."""
     model = CharLSTM(model_config).to(device)
     model.lstm_kernel = lstm_kernel(device, precision, model_config.hidden_size)
+    if model.lstm_kernel == "bf16":
+        from charlstm.lstm_bf16 import training_layer
+
+        training_layer()  # made opaque to torch.compile now, before anything is compiled
     if device.type == "cpu":
         keep_freed_memory()
     return model

@@ -319,6 +319,24 @@ def test_precision_bf16_on_a_cpu_is_the_bf16_kernel_and_reported(corpus, window)
     assert ckpt.model.eval_kernel == "fp32"
 
 
+def test_bf16_scoring_does_not_import_the_compiler(corpus):
+    """Forward-only bf16 scoring must not pay for importing torch._dynamo (~1.7 s, more than
+    scoring tiny shakespeare's val split takes): only training makes the layer opaque to
+    torch.compile. A child process, so that no other test's import counts."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from charlstm.evaluation import evaluate; "
+        f"r = evaluate({str(corpus['ckpt'])!r}, text={str(corpus['text'])!r}, device='cpu', "
+        "precision='bf16'); assert r.precision == 'bf16 LSTM matmuls', r.precision; "
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
