@@ -241,18 +241,23 @@ def lstm_layer_bf16(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     return window.apply(x.float(), h0.float(), c0.float(), w_ih, w_hh, b_ih, b_hh)
 
 
-_training_layer = None
+_opaque_layer = None
 
 
 def training_layer():
-    """`lstm_layer_bf16` as one opaque node to torch.compile (`torch.compiler.disable`, like
-    nn.LSTM's kernel), made on first call rather than at import: importing torch._dynamo
-    takes ~1.7 s, which forward-only scoring (`eval --precision bf16`) should not pay. The
-    trainer calls it when it builds a bf16 model, before anything is compiled."""
-    global _training_layer
-    if _training_layer is None:
-        _training_layer = torch.compiler.disable(lstm_layer_bf16)
-    return _training_layer
+    """The layer function training calls: `lstm_layer_bf16`, or once `make_opaque_to_compile`
+    has run, the same wrapped by `torch.compiler.disable`."""
+    return _opaque_layer or lstm_layer_bf16
+
+
+def make_opaque_to_compile() -> None:
+    """Make the training layer one opaque node to torch.compile (`torch.compiler.disable`, like
+    nn.LSTM's kernel); call it before compiling a model that uses the bf16 kernel (the trainer
+    does, with --compile). Not done at import because importing torch._dynamo takes ~1.7 s,
+    which neither scoring nor an uncompiled training run should pay."""
+    global _opaque_layer
+    if _opaque_layer is None:
+        _opaque_layer = torch.compiler.disable(lstm_layer_bf16)
 
 
 @torch.no_grad()

@@ -213,10 +213,6 @@ def build_model(model_config, precision: str, device: torch.device) -> CharLSTM:
     there, and on a CPU glibc keeping freed blocks (charlstm.runtime.keep_freed_memory)."""
     model = CharLSTM(model_config).to(device)
     model.lstm_kernel = lstm_kernel(device, precision, model_config.hidden_size)
-    if model.lstm_kernel == "bf16":
-        from charlstm.lstm_bf16 import training_layer
-
-        training_layer()  # made opaque to torch.compile now, before anything is compiled
     if device.type == "cpu":
         keep_freed_memory()
     return model
@@ -302,6 +298,10 @@ class Trainer:
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
         if cfg.compile:
+            if model.lstm_kernel == "bf16":
+                from charlstm.lstm_bf16 import make_opaque_to_compile
+
+                make_opaque_to_compile()  # the window kernel stays one node, like nn.LSTM's
             self.forward_model = torch.compile(self.forward_model)
         self.amp_dtype = autocast_dtype(device, cfg.precision)
         torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ per rank
