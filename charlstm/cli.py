@@ -17,7 +17,7 @@ import typer
 from typer.core import TyperGroup
 
 from charlstm import __version__, ui
-from charlstm.config import PRESETS, TrainConfig
+from charlstm.config import PRECISIONS, PRESETS, TrainConfig
 from charlstm.continuous_cache import CacheSettings
 from charlstm.dynamic import DynamicSettings
 from charlstm.errors import CharLSTMError
@@ -349,10 +349,7 @@ class Split(str, Enum):
     train = "train"
 
 
-class EvalPrecision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
+EvalPrecision = Enum("EvalPrecision", {p: p for p in PRECISIONS}, type=str)  # train's choices
 
 
 class Unknown(str, Enum):

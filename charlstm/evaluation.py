@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from charlstm.errors import CharLSTMError, OptionError
 
-PRECISIONS = ("auto", "fp32", "bf16")
 EVAL_BPTT = 256  # no backward pass, so long windows only save Python overhead
 # ... but a window's logits are T x B x vocab floats (twice, with the log-softmax): cap them so
 # a big vocabulary with many streams cannot blow up memory (2**23 floats = 32 MB)
@@ -223,6 +222,7 @@ def evaluate(
     fp32 state), faster where the CPU has bf16 units but off the fp32 number by bf16 rounding.
     The result's `precision` says which ran."""
     from charlstm.checkpoint import Checkpoint, load_checkpoint
+    from charlstm.config import PRECISIONS
     from charlstm.runtime import autocast_dtype, keep_freed_memory, resolve_device
 
     settings, cache_settings = _scoring_modes(batch_size, window, window_hop, dynamic, cache)

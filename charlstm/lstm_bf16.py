@@ -283,7 +283,7 @@ def lstm_layer_bf16_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
     linear, packed = _packed_linear(whh_b, B)
     step = _StepPointers(B, H)
     threads, forward = torch.get_num_threads(), cell.lstm_cell_forward
-    p_bias, p_act, p_tc, p_c, p_hb = map(_address, (bias, act, tc, c, hb))
+    p_bias, p_act, p_tc, p_c, p_hb, p_y = map(_address, (bias, act, tc, c, hb, y))
     block = max(1, INFERENCE_ROWS // B)
     for lo in range(0, T, block):
         gx = torch.mm(x[lo : lo + block].reshape(-1, x.shape[2]).to(BF16), wih_b.t())
@@ -294,7 +294,7 @@ def lstm_layer_bf16_inference(x, h0, c0, w_ih, w_hh, b_ih, b_hh):
             forward(
                 threads, B, H, lin.data_ptr(), p_gx + (t - lo) * step.gates_bf16, p_bias,
                 p_c + prev * step.cells, p_act, p_c + this * step.cells, p_tc,
-                _address(y[t]), p_hb + this * step.cells_bf16,
+                p_y + t * step.cells, p_hb + this * step.cells_bf16,
             )  # fmt: skip
     return y, y[-1].clone(), c[T % 2].clone()
 
