@@ -172,8 +172,9 @@ class ModelConfig(_Architecture):
     vocab_size: int = option(0, "Vocabulary size.", check=whole(1))
 
 
-# Presets: model size and the optimisation settings that go with it. The default on a CPU is
-# "small" (a useful model on 2 cores in minutes); "medium" and "large" are for GPUs. See
+# Presets: model size and the optimisation settings that go with it. The fixed default on a CPU
+# is "small" (a useful model on 2 cores in minutes); "medium" and "large" are for GPUs. A CPU
+# run with a time budget gets "auto" instead (charlstm.plan.default_preset). See
 # bench/RESULTS.md for how these were chosen. TrainConfig's own defaults are "small".
 PRESETS: dict[str, dict] = {
     "tiny": dict(
@@ -232,9 +233,9 @@ class TrainConfig(_Architecture):
 
     preset: str = option(
         CPU_DEFAULT_PRESET,
-        "Model/optimizer preset; default small on CPU, medium on CUDA. auto (needs "
-        "--time-budget): time a few steps of candidate shapes here and pick the largest the "
-        "budget trains well.",
+        "Model/optimizer preset. auto (needs --time-budget): time a few steps of candidate "
+        "shapes here and pick the largest the budget trains well. Default: auto on a CPU "
+        "given --time-budget and no --layers/--hidden; else small on a CPU, medium on CUDA.",
         choices=(*PRESETS, AUTO_PRESET),
     )
     # batches and optimisation
@@ -352,7 +353,8 @@ class TrainConfig(_Architecture):
 def resolve_config(
     preset: str | None = None, device: str | None = "auto", **overrides
 ) -> TrainConfig:
-    """A TrainConfig from a preset (None = the default for the device) plus explicit overrides.
+    """A TrainConfig from a fixed preset (None = the device's: small, or medium on CUDA) plus
+    explicit overrides.
 
     Overrides set to None are ignored, so CLI options that were not given keep the preset's
     value.

@@ -12,9 +12,18 @@ from typing import Any
 import torch
 
 from charlstm import distributed
-from charlstm.config import TrainConfig, flag
+from charlstm.config import (
+    AUTO_PRESET,
+    CPU_DEFAULT_PRESET,
+    GPU_DEFAULT_PRESET,
+    TrainConfig,
+    cuda_requested,
+    flag,
+)
 from charlstm.data import Dataset, load_dataset, resolve_dataset
 from charlstm.errors import CharLSTMError, OptionError
+from charlstm.rundir import LAST, RunDir
+from charlstm.runtime import resolve_device
 
 LENGTHS = ("steps", "epochs", "time_budget_min")
 
@@ -99,8 +108,50 @@ def on_rank0_first(dist: distributed.Dist, make):
     return value if value is not None else make()
 
 
+#: the options that fix a model's shape: a run given one of them is not sized by measuring
+SHAPE_FIELDS = ("num_layers", "hidden_size")
+
+
+def default_preset(given: dict) -> str:
+    """The preset of a new run that names none. On a CPU with a time budget and no shape
+    given, `auto`: it beat `small` at 10 minutes by 0.020-0.022 nats/char at two seeds, more
+    than the seed noise (bench/RESULTS.md, "A second seed"). Otherwise the device's fixed
+    default, `small` on a CPU, `medium` on a GPU (auto is not measured on GPUs yet)."""
+    device = given.get("device") or "auto"
+    on_cpu = device == "cpu" or (device == "auto" and resolve_device("auto").type == "cpu")
+    sized = given.get("time_budget_min") is not None and not any(
+        given.get(k) is not None for k in SHAPE_FIELDS
+    )
+    if on_cpu and sized:
+        return AUTO_PRESET
+    return GPU_DEFAULT_PRESET if cuda_requested(device) else CPU_DEFAULT_PRESET
+
+
 def default_out(name: str, preset: str) -> Path:
     return Path("checkpoints") / f"{name}-{preset}"
+
+
+def resume_out(name: str, given: dict) -> Path:
+    """The run folder `--resume` continues when no --out is given: the named preset's, or
+    whichever of the default presets' folders for this data holds a run (`auto` or the
+    device's fixed default); when both do, the user says which."""
+    if given.get("preset") is not None:
+        return default_out(name, given["preset"])
+    cuda = cuda_requested(given.get("device") or "auto")
+    fixed = GPU_DEFAULT_PRESET if cuda else CPU_DEFAULT_PRESET
+    folders = [default_out(name, p) for p in (AUTO_PRESET, fixed)]
+    found = [f for f in folders if RunDir(f).file(LAST).exists()]
+    if len(found) > 1:
+        raise OptionError(
+            f"both {found[0]} and {found[1]} hold a run of {name}: which to resume is unclear",
+            "pass the run's folder with --out",
+        )
+    if not found:
+        raise CharLSTMError(
+            f"nothing to resume: neither {folders[0]} nor {folders[1]} holds a run",
+            "start a new run without --resume, or pass the run's folder with --out",
+        )
+    return found[0]
 
 
 def rank_device(config: TrainConfig, d: distributed.Dist) -> str:

@@ -41,10 +41,12 @@ from charlstm.model import CharLSTM, repackage_state
 from charlstm.plan import (
     LENGTHS,
     default_out,
+    default_preset,
     given_options,
     on_rank0_first,
     rank_device,
     resume_config,
+    resume_out,
     run_dataset,
 )
 from charlstm.progress import (
@@ -84,9 +86,12 @@ def train(
     bundled corpus) and write the run to `out` (default checkpoints/<data name>-<preset>).
 
     `config` gives every setting at once; otherwise `preset` plus keyword overrides named like
-    `TrainConfig`'s fields (steps=..., hidden_size=...). `resume=True` continues the run in
-    `out` from its folder alone (data, model and options come from its last.pt; length, cadence
-    and device may be given anew); `force=True` starts it over. Returns a `TrainResult`; raises
+    `TrainConfig`'s fields (steps=..., hidden_size=...). With no preset, a CPU run given
+    `time_budget_min` and no shape (num_layers, hidden_size) is sized by measuring ("auto");
+    other runs get small (medium on CUDA). `resume=True` continues the run in `out` (default:
+    the one of this data's auto and small/medium folders that holds a run) from its folder
+    alone (data, model and options come from its last.pt; length, cadence and device may be
+    given anew); `force=True` starts it over. Returns a `TrainResult`; raises
     `CharLSTMError` for anything the user can fix, before anything is written.
     """
     dist = distributed.from_environment()
@@ -96,10 +101,7 @@ def train(
     given = given_options(config, preset, overrides)
     payload, run_dir = None, None
     if resume:
-        preset_name = (
-            given.get("preset") or resolve_config(None, given.get("device", "auto")).preset
-        )
-        run_dir = RunDir(out if out is not None else default_out(data_name(data), preset_name))
+        run_dir = RunDir(out if out is not None else resume_out(data_name(data), given))
         payload = read_checkpoint(run_dir.check_resumable())
         cfg = resume_config(payload, given)
     elif config is not None:
@@ -109,7 +111,7 @@ def train(
                 "call train(data, preset='auto', time_budget_min=M, ...) instead",
             )
         cfg = replace(config, **{k: v for k, v in overrides.items() if v is not None})
-    elif preset == AUTO_PRESET:
+    elif (preset or default_preset(given)) == AUTO_PRESET:
         autopreset.check_auto_length(given)
         # the user's options, checked now; the shape is measured and chosen once the data is known
         cfg = replace(resolve_config(CPU_DEFAULT_PRESET, **overrides), preset=AUTO_PRESET)

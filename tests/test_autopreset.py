@@ -251,3 +251,72 @@ def test_library_train_returns_the_choice_and_reports_it(data, tmp_path, tiny_la
     saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
     assert saved == chosen.to_dict()
     assert result.elapsed_s >= result.auto_choice.measure_s  # the measuring counts
+
+
+# -- auto as the default for a time budget -------------------------------------------------------
+@pytest.mark.parametrize(
+    "given, preset",
+    [
+        ({"time_budget_min": 10, "device": "cpu"}, "auto"),
+        ({"time_budget_min": 10}, "auto"),  # device auto: this machine has no GPU
+        ({"device": "cpu"}, "small"),  # no budget: nothing to size
+        ({"steps": 500, "device": "cpu"}, "small"),
+        ({"time_budget_min": 10, "device": "cpu", "hidden_size": 768}, "small"),  # shape given
+        ({"time_budget_min": 10, "device": "cpu", "num_layers": 3}, "small"),
+        ({"time_budget_min": 10, "device": "cuda"}, "medium"),  # GPUs keep their default
+        ({"time_budget_min": 10, "device": "mps"}, "small"),
+    ],
+)
+def test_the_default_preset_is_auto_for_a_cpu_time_budget_with_no_shape(given, preset):
+    from charlstm.plan import default_preset
+
+    assert default_preset(given) == preset
+
+
+def test_cli_time_budget_alone_sizes_the_model_and_resume_finds_its_folder(data, tiny_ladder):
+    name = data.name
+    first = cli("train", data, "--time-budget", "0.05", *FAST)
+    assert first.exit_code == 0, first.stderr
+    assert "--preset auto: 0.05 min on cpu" in first.stderr and "chosen: " in first.stderr
+    run = Path("checkpoints") / f"{name}-auto"  # the tests run in a scratch folder
+    config = json.loads((run / "config.json").read_text())["train"]
+    assert config["preset"] == "auto"
+    before = (run / "last.pt").stat().st_mtime_ns
+    resumed = cli("train", data, "--resume", "--time-budget", "0.01", "-q")
+    assert resumed.exit_code == 0, resumed.stderr
+    assert (run / "last.pt").stat().st_mtime_ns > before  # it continued that run
+    assert not (Path("checkpoints") / f"{name}-small").exists()
+
+
+def test_cli_a_shape_with_a_time_budget_keeps_the_fixed_default(data, tiny_ladder):
+    result = cli("train", data, "--time-budget", "0.02", "--hidden", "24", "--embed", "16",
+                 *FAST, "-q")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((Path("checkpoints") / f"{data.name}-small" / "config.json").read_text())
+    assert config["train"]["preset"] == "small" and config["train"]["hidden_size"] == 24
+
+
+def test_cli_resume_with_two_default_runs_asks_which(data, tiny_ladder):
+    for extra in (["--time-budget", "0.02"], ["--steps", "3", "--hidden", "24"]):
+        made = cli("train", data, *extra, *FAST, "-q")
+        assert made.exit_code == 0, made.stderr
+    folders = [Path("checkpoints") / f"{data.name}-{p}" for p in ("auto", "small")]
+    before = {f: (f / "last.pt").read_bytes() for f in folders}
+    result = cli("train", data, "--resume")
+    assert result.exit_code == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "both" in lines[0] and "--out" in lines[0], result.stderr
+    assert all(str(f) in lines[0] for f in folders)
+    assert {f: (f / "last.pt").read_bytes() for f in folders} == before
+    # naming the preset says which
+    named = cli("train", data, "--resume", "--preset", "small", "--steps", "4", "-q")
+    assert named.exit_code == 0, named.stderr
+
+
+def test_cli_resume_with_no_default_run_names_where_it_looked(data):
+    result = cli("train", data, "--resume")
+    assert result.exit_code == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: nothing to resume"), result.stderr
+    assert f"{data.name}-auto" in lines[0] and f"{data.name}-small" in lines[0]
+    assert "Traceback" not in result.stderr and not Path("checkpoints").exists()
