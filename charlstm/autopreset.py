@@ -25,7 +25,7 @@ off is common), and a shape that is only level within seed noise is not worth 1.
 for every character sampled or evaluated afterwards. With it, this CPU at 10 minutes picks
 2x512 (`small`, 2.1 chars/param in the confirmation run) and rejects 2x640 (~1.0): at least as
 good as `small` by construction. The rule is about chars/param only; the corpus size sets the
-dropout (`dropout_for_epochs`).
+dropout and weight decay (`regularisation_for_epochs`).
 """
 
 from __future__ import annotations
@@ -50,20 +50,23 @@ OVERHEAD = 0.03
 #: measuring stops climbing once it has taken this long, or this share of the budget
 MEASURE_CAP_S = 15.0
 MEASURE_CAP_SHARE = 0.05
-#: (up to this many epochs, dropout). Measured on tiny shakespeare (bench/RESULTS.md): at ~6
-#: epochs 0.1 beat 0.2 (S1-S3); at ~12.8 epochs (`small` for 10 minutes with the bf16 kernel,
-#: 3,120 steps) 0.3 beat 0.2 and 0.1 (1.4192 / 1.4246 / 1.4324 best val, same seed; 0.3 with a
-#: second seed 1.4342), 0.1 peaking at 8 epochs and then overfitting. The boundary at 8 epochs
-#: lies between the two measurements. Assumed, not measured here: <= 1 epoch -> 0.0 (no
-#: character is seen twice, so there is nothing to overfit; the practice of single-epoch
-#: language-model training), and 0.3 beyond ~13 epochs as well (the `large` preset's value;
-#: AWD-LSTM uses 0.4 and more over hundreds of epochs of PTB).
-DROPOUT_BY_EPOCHS: tuple[tuple[float, float], ...] = (
-    (1.0, 0.0),
-    (8.0, 0.1),
-    (math.inf, 0.3),
+#: (up to this many epochs, dropout, weight decay). Measured on tiny shakespeare
+#: (bench/RESULTS.md): at ~6 epochs dropout 0.1 beat 0.2 (S1-S3); at ~12.8 epochs (`small` for
+#: 10 minutes with the bf16 kernel, 3,120 steps) 0.3 beat 0.2 and 0.1 (1.4192 / 1.4246 / 1.4324
+#: best val, same seed; 0.3 with a second seed 1.4342), 0.1 peaking at 8 epochs and then
+#: overfitting. The boundary at 8 epochs lies between the two measurements. Past it, AdamW weight
+#: decay 0.3 beat the default 0.01 at auto's 10-minute compute (2x640, dropout 0.3, 9.4 epochs:
+#: best val 1.3935 / 1.3894 against 1.4199 / 1.4076 at two seeds; 0.1 and 1.0 gain less;
+#: "Weight decay and the schedule floor" in RESULTS). Assumed, not measured here: <= 1 epoch ->
+#: dropout 0.0 (no character is seen twice, so there is nothing to overfit; the practice of
+#: single-epoch language-model training), and the last band beyond ~16 epochs as well (the
+#: `large` preset's dropout; AWD-LSTM uses 0.4 and more over hundreds of epochs of PTB).
+REGULARISATION_BY_EPOCHS: tuple[tuple[float, float, float], ...] = (
+    (1.0, 0.0, 0.01),
+    (8.0, 0.1, 0.01),
+    (math.inf, 0.3, 0.3),
 )
-MEASURED_EPOCHS = (1.0, 16.0)  # the epochs whose dropout is a measurement, for the table
+MEASURED_EPOCHS = (1.0, 16.0)  # the epochs whose regularisation is a measurement, for the table
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,18 @@ LADDER: tuple[Candidate, ...] = (
 )
 
 #: the options auto chooses; any of them the user gives wins
-CHOSEN_FIELDS = ("num_layers", "hidden_size", "embed_size", "dropout", "bptt", "batch_size", "lr")
+CHOSEN_FIELDS = ("num_layers", "hidden_size", "embed_size", "dropout", "weight_decay", "bptt",
+                 "batch_size", "lr")  # fmt: skip
 
 
-def dropout_for_epochs(epochs: float) -> float:
-    """Dropout for a run that sees its training text `epochs` times (see DROPOUT_BY_EPOCHS)."""
-    return next(p for up_to, p in DROPOUT_BY_EPOCHS if epochs <= up_to)
+REGULARISERS = ("dropout", "weight_decay")  # what regularisation_for_epochs sets
+
+
+def regularisation_for_epochs(epochs: float) -> dict[str, float]:
+    """Dropout and weight decay for a run that sees its training text `epochs` times (see
+    REGULARISATION_BY_EPOCHS)."""
+    p, wd = next((p, wd) for up_to, p, wd in REGULARISATION_BY_EPOCHS if epochs <= up_to)
+    return {"dropout": p, "weight_decay": wd}
 
 
 def parameter_count(num_layers: int, hidden: int, embed: int, vocab: int, tied: bool) -> int:
@@ -138,8 +147,8 @@ class AutoChoice:
     rows: list[CandidateRow]
     chosen: int  # index into rows
     epochs: float
-    dropout: float
-    dropout_measured: bool  # the dropout band is a measurement, not an assumption
+    regularisation: dict[str, float]  # dropout and weight_decay, auto's or the user's
+    regularisation_measured: bool  # the epochs band is a measurement, not an assumption
     measure_s: float
     reason: str
     user_set: dict = field(default_factory=dict)  # options the user gave that auto would set
@@ -247,8 +256,8 @@ def choose(
 ) -> AutoChoice:
     """Time the candidates from the smallest up, stop at the first the budget cannot train
     well (bigger ones only do worse) or at the measuring cap, and take the largest that fits;
-    its dropout follows from how many epochs the budget gives it. `given` holds the options
-    the user set (time_budget_min among them); those win over what auto would set."""
+    its dropout and weight decay follow from how many epochs the budget gives it. `given`
+    holds the options the user set (time_budget_min among them); those win over auto's."""
     from charlstm.runtime import lstm_kernel
 
     measure = measure or measure_chars_per_s
@@ -289,9 +298,9 @@ def choose(
     chosen = fitting[-1] if fitting else 0
     row = rows[chosen]
     epochs = (row.chars_in_budget or 0.0) / max(1, train_chars)
-    dropout = given["dropout"] if "dropout" in given else dropout_for_epochs(epochs)
+    reg = {**regularisation_for_epochs(epochs), **{k: given[k] for k in given if k in REGULARISERS}}
     verdict = "chosen" if fitting else "chosen: none fits"
-    rows[chosen] = replace(row, config=replace(row.config, dropout=dropout), verdict=verdict)
+    rows[chosen] = replace(row, config=replace(row.config, **reg), verdict=verdict)
     if fitting:
         why = (
             f"{row.name} is the largest shape that sees at least {MIN_CHARS_PER_PARAM:g} "
@@ -303,9 +312,9 @@ def choose(
             f"no shape sees {MIN_CHARS_PER_PARAM:g} characters per parameter in "
             f"{given['time_budget_min']:g} min, so the smallest, {row.name}"
         )
-    why += f"; {epochs:.1f} epochs of {train_chars:,} train chars -> dropout {dropout:g}"
-    if "dropout" in given:
-        why += " (yours)"
+    why += f"; {epochs:.1f} epochs of {train_chars:,} train chars -> " + ", ".join(
+        f"{k.replace('_', ' ')} {v:g}" + (" (yours)" if k in given else "") for k, v in reg.items()
+    )
     user_set = {flag(k): given[k] for k in CHOSEN_FIELDS if k in given}
     kernel = lstm_kernel(device, row.config.precision, row.config.hidden_size)
     return AutoChoice(
@@ -316,8 +325,8 @@ def choose(
         rows=rows,
         chosen=chosen,
         epochs=epochs,
-        dropout=dropout,
-        dropout_measured=MEASURED_EPOCHS[0] < epochs <= MEASURED_EPOCHS[1],
+        regularisation=reg,
+        regularisation_measured=MEASURED_EPOCHS[0] < epochs <= MEASURED_EPOCHS[1],
         measure_s=measure_s,
         reason=why,
         user_set=user_set,

@@ -210,14 +210,17 @@ def auto_choice_table(choice) -> Table:
 
 def auto_choice_lines(choice) -> list[str]:
     """The chosen configuration, why, and what the user's own options decided."""
+    from charlstm.config import flag
+
     cfg = choice.config
-    band = "measured" if choice.dropout_measured else "assumed, not measured"
+    band = "measured" if choice.regularisation_measured else "assumed, not measured"
     why = choice.reason
-    if "--dropout" not in choice.user_set:
+    if not all(flag(k) in choice.user_set for k in choice.regularisation):
         why += f" ({band} for this many epochs; see bench/RESULTS.md)"
     lines = [
         f"chosen: {cfg.num_layers} x LSTM({cfg.hidden_size}), embed {cfg.embed_size}, "
-        f"dropout {cfg.dropout:g}, {cfg.batch_size} streams x bptt {cfg.bptt}, lr {cfg.lr:g}",
+        f"dropout {cfg.dropout:g}, {cfg.batch_size} streams x bptt {cfg.bptt}, lr {cfg.lr:g}, "
+        f"weight decay {cfg.weight_decay:g}",
         f"why: {why}",
     ]
     if choice.user_set:

@@ -22,9 +22,9 @@ from charlstm.autopreset import (
     MIN_CHARS_PER_PARAM,
     Candidate,
     choose,
-    dropout_for_epochs,
     measure_chars_per_s,
     parameter_count,
+    regularisation_for_epochs,
 )
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.errors import OptionError
@@ -91,18 +91,33 @@ def test_a_tiny_budget_falls_back_to_the_smallest_shape():
     assert "no shape sees" in choice.reason
 
 
-def test_many_epochs_get_more_dropout_than_one():
-    assert dropout_for_epochs(0.5) == 0.0  # nothing seen twice
-    assert dropout_for_epochs(6) == 0.1  # the measured point
-    assert dropout_for_epochs(30) > dropout_for_epochs(6)
-    assert dropout_for_epochs(1000) >= dropout_for_epochs(30)
+def test_many_epochs_get_more_regularisation_than_one():
+    reg = regularisation_for_epochs
+    assert reg(0.5) == {"dropout": 0.0, "weight_decay": 0.01}  # nothing seen twice
+    assert reg(6) == {"dropout": 0.1, "weight_decay": 0.01}  # the measured point
+    assert reg(9.4) == {"dropout": 0.3, "weight_decay": 0.3}  # auto's 10 minutes, measured
+    for key in ("dropout", "weight_decay"):
+        assert reg(1000)[key] >= reg(30)[key] >= reg(6)[key]
     small_corpus, _ = pick(60, train_chars=200_000)
     huge_corpus, _ = pick(60, train_chars=10**9)
     assert small_corpus.config.hidden_size == huge_corpus.config.hidden_size  # same shape
     assert small_corpus.epochs > 40 and huge_corpus.epochs < 1
-    assert small_corpus.dropout > huge_corpus.dropout == 0.0
-    assert not small_corpus.dropout_measured and not huge_corpus.dropout_measured
-    assert pick(10)[0].dropout_measured and pick(10)[0].dropout == 0.1
+    assert (small_corpus.config.dropout, small_corpus.config.weight_decay) == (0.3, 0.3)
+    assert (huge_corpus.config.dropout, huge_corpus.config.weight_decay) == (0.0, 0.01)
+    assert small_corpus.regularisation == {"dropout": 0.3, "weight_decay": 0.3}
+    assert not small_corpus.regularisation_measured and not huge_corpus.regularisation_measured
+    ten = pick(10)[0]
+    assert ten.regularisation_measured and ten.config.dropout == 0.1
+    assert "dropout 0.1, weight decay 0.01" in ten.reason
+
+
+def test_the_users_regularisation_wins_over_the_epochs_band():
+    choice, _ = pick(60, train_chars=200_000, weight_decay=0.05)
+    assert (choice.config.dropout, choice.config.weight_decay) == (0.3, 0.05)
+    assert choice.user_set == {"--weight-decay": 0.05}
+    assert (
+        "weight decay 0.05 (yours)" in choice.reason and "dropout 0.3 (yours)" not in choice.reason
+    )
 
 
 def test_the_users_options_win_and_are_named():
