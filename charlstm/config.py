@@ -331,11 +331,12 @@ class TrainConfig(_Architecture):
 
     def eval_every_parsed(self, total_steps: int | None) -> tuple[int | None, float | None]:
         """(every N steps, every M minutes) for validation; "auto" resolves to every 500 steps
-        (or a fifth of a shorter run), and in a time-budgeted run every fifth of the budget."""
+        (or a fifth of a shorter run), and in a time-budgeted run to every fifth of the budget
+        alone (with steps as well, a validation 1 step apart from the last one was common)."""
         steps, minutes = parse_cadence(self.eval_every, allow_auto=True)
         if steps is None and minutes is None:
             if self.time_budget_min is not None:
-                return 500, self.time_budget_min / 5
+                return None, self.time_budget_min / 5
             return (min(500, max(1, math.ceil(total_steps / 5))) if total_steps else 500), None
         return steps, minutes
 

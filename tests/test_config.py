@@ -85,7 +85,7 @@ def test_bad_cadences(text):
 def test_auto_eval_cadence():
     assert TrainConfig(steps=2000).eval_every_parsed(2000) == (400, None)
     assert TrainConfig(steps=100_000).eval_every_parsed(100_000) == (500, None)
-    assert TrainConfig(time_budget_min=10).eval_every_parsed(None) == (500, 2.0)
+    assert TrainConfig(time_budget_min=10).eval_every_parsed(None) == (None, 2.0)
     assert TrainConfig(eval_every="3m").eval_every_parsed(10) == (None, 3.0)
 
 
