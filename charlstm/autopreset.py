@@ -104,8 +104,8 @@ REGULARISERS = ("dropout", "weight_decay")  # what regularisation_for_epochs set
 def regularisation_for_epochs(epochs: float) -> dict[str, float]:
     """Dropout and weight decay for a run that sees its training text `epochs` times (see
     REGULARISATION_BY_EPOCHS)."""
-    p, wd = next((p, wd) for up_to, p, wd in REGULARISATION_BY_EPOCHS if epochs <= up_to)
-    return {"dropout": p, "weight_decay": wd}
+    _, *values = next(band for band in REGULARISATION_BY_EPOCHS if epochs <= band[0])
+    return dict(zip(REGULARISERS, values, strict=True))
 
 
 def parameter_count(num_layers: int, hidden: int, embed: int, vocab: int, tied: bool) -> int:
@@ -147,7 +147,6 @@ class AutoChoice:
     rows: list[CandidateRow]
     chosen: int  # index into rows
     epochs: float
-    regularisation: dict[str, float]  # dropout and weight_decay, auto's or the user's
     regularisation_measured: bool  # the epochs band is a measurement, not an assumption
     measure_s: float
     reason: str
@@ -156,6 +155,11 @@ class AutoChoice:
     @property
     def config(self) -> TrainConfig:
         return self.rows[self.chosen].config
+
+    @property
+    def regularisation(self) -> dict[str, float]:
+        """The chosen dropout and weight decay, auto's or the user's."""
+        return {k: getattr(self.config, k) for k in REGULARISERS}
 
 
 def check_auto_length(given: dict) -> None:
@@ -325,7 +329,6 @@ def choose(
         rows=rows,
         chosen=chosen,
         epochs=epochs,
-        regularisation=reg,
         regularisation_measured=MEASURED_EPOCHS[0] < epochs <= MEASURED_EPOCHS[1],
         measure_s=measure_s,
         reason=why,
