@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 
-from charlstm import ui
-from charlstm.autopreset import choose_preset, measure_chars_per_s
+from charlstm.cli import ui
+from charlstm.training.autopreset import choose_preset, measure_chars_per_s
 
 
 def main() -> None:

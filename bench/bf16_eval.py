@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charlstm.checkpoint import load_checkpoint
-from charlstm.evaluation import evaluate, split_ids
+from charlstm.evaluation.scoring import evaluate, split_ids
+from charlstm.model.checkpoint import load_checkpoint
 from charlstm.runtime import has_bf16_units, keep_freed_memory
 
 MODES = {

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from charlstm.lstm_bf16 import NativeBF16LSTMWindow
+from charlstm.model.lstm_bf16 import NativeBF16LSTMWindow
 from charlstm.runtime import keep_freed_memory
 
 keep_freed_memory()

@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 
-import charlstm.trainer as trainer_module
-from charlstm import ui
-from charlstm.ema import WeightAverage
+import charlstm.training.trainer as trainer_module
+from charlstm.cli import ui
+from charlstm.training.ema import WeightAverage
 
 
 class _PlainAverage(WeightAverage):

@@ -143,7 +143,7 @@ def torch_path_logits(ckpt, ids: np.ndarray, prime_len: int) -> np.ndarray:
     the prime in one forward pass, then one `FastLSTMStep` per token."""
     import torch
 
-    from charlstm.sampling import FastLSTMStep
+    from charlstm.generation.sampling import FastLSTMStep
 
     model = ckpt.model
     with torch.no_grad():
@@ -162,7 +162,7 @@ def sampling_speed(ckpt, onnx_dir: Path, chars: int, rounds: int, threads: int) 
     import onnxruntime as ort
     import torch
 
-    from charlstm.sampling import FastLSTMStep
+    from charlstm.generation.sampling import FastLSTMStep
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -209,9 +209,9 @@ def main() -> None:
 
     import torch
 
-    from charlstm.checkpoint import load_checkpoint
-    from charlstm.export import export_onnx, export_web, onnxruntime_available, verify_onnx
-    from charlstm.sampling import FastLSTMStep, generate
+    from charlstm.export.formats import export_onnx, export_web, onnxruntime_available, verify_onnx
+    from charlstm.generation.sampling import FastLSTMStep, generate
+    from charlstm.model.checkpoint import load_checkpoint
 
     torch.set_num_threads(args.threads)
     args.prime = args.prime or ["ROMEO:", "JULIET:\nO", "First Citizen:\n", "The king ",

@@ -36,7 +36,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import charlstm
-    from charlstm.inspection import default_cell
+    from charlstm.inspection.analysis import default_cell
 
     if find_chromium() is None:
         print("no Chromium found: apt-get install chromium", file=sys.stderr)

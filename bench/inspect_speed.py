@@ -31,7 +31,7 @@ def main() -> None:
     import torch
 
     import charlstm
-    from charlstm.inspection import _excerpt_ids
+    from charlstm.inspection.analysis import _excerpt_ids
 
     ckpt = charlstm.load_checkpoint(args.checkpoint, "cpu")
     ids, source = _excerpt_ids(ckpt, None, "val", args.chars)

@@ -80,8 +80,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    from charlstm.prepare import tokenize
-    from charlstm.trainer import train
+    from charlstm.data.prepare import tokenize
+    from charlstm.training.trainer import train
 
     p = make_chain()
     h = entropy_rate(p)

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch.profiler import profile
 
 from charlstm.config import TrainConfig
-from charlstm.model import CharLSTM, repackage_state
+from charlstm.model.network import CharLSTM, repackage_state
 from charlstm.runtime import keep_freed_memory
-from charlstm.trainer import build_optimizer
+from charlstm.training.trainer import build_optimizer
 
 keep_freed_memory()
 cfg = TrainConfig()  # small

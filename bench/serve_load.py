@@ -45,11 +45,11 @@ def random_small_checkpoint(folder: Path) -> Path:
     shakespeare's characters: the speed of a trained one, not its text."""
     import torch
 
-    from charlstm.checkpoint import save_checkpoint
     from charlstm.config import PRESETS, ModelConfig
-    from charlstm.corpus import bundled_corpus
-    from charlstm.model import CharLSTM
-    from charlstm.vocab import Vocab
+    from charlstm.data.corpus import bundled_corpus
+    from charlstm.data.vocab import Vocab
+    from charlstm.model.checkpoint import save_checkpoint
+    from charlstm.model.network import CharLSTM
 
     text = Path(bundled_corpus()).read_text(encoding="utf-8")
     vocab = Vocab("char", "".join(sorted(set(text))))
@@ -158,7 +158,7 @@ def prompt_forward_s(checkpoint: Path, prompt: str, repeats: int = 10) -> float:
     """Median time of one forward pass over the prompt (as the server runs it on joining)."""
     import torch
 
-    from charlstm.checkpoint import load_checkpoint
+    from charlstm.model.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     ids = torch.from_numpy(ckpt.vocab.encode(prompt))[:, None]

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from charlstm.corpus import bundled_corpus
+from charlstm.data.corpus import bundled_corpus
 
 CORPUS_VERSION = 1  # bump when the generator changes, so stale cached corpora are not reused
 MIN_CHAR_MB_PER_S = 50.0

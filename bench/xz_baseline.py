@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from charlstm.prepare import split_bounds  # noqa: E402
+from charlstm.data.prepare import split_bounds  # noqa: E402
 
 XZ_PRESET = 9 | lzma.PRESET_EXTREME
 REPEAT_CHARS = 32

@@ -26,47 +26,47 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it; resolved lazily by __getattr__
 _LAZY = {
-    "tokenize": "charlstm.prepare",
-    "TokenizeResult": "charlstm.prepare",
-    "Vocab": "charlstm.vocab",
+    "tokenize": "charlstm.data.prepare",
+    "TokenizeResult": "charlstm.data.prepare",
+    "Vocab": "charlstm.data.vocab",
     "ModelConfig": "charlstm.config",
     "TrainConfig": "charlstm.config",
-    "CharLSTM": "charlstm.model",
-    "train": "charlstm.trainer",
-    "TrainResult": "charlstm.progress",
-    "evaluate": "charlstm.evaluation",
-    "EvalResult": "charlstm.evaluation",
-    "DynamicSettings": "charlstm.dynamic",
-    "generate": "charlstm.sampling",
-    "load_checkpoint": "charlstm.checkpoint",
-    "Checkpoint": "charlstm.checkpoint",
-    "bundled_corpus": "charlstm.corpus",
-    "inspect_text": "charlstm.inspection",
-    "Inspection": "charlstm.inspection",
-    "write_html": "charlstm.inspection_html",
-    "export_onnx": "charlstm.export",
-    "export_web": "charlstm.export",
-    "verify_onnx": "charlstm.export",
-    "ExportResult": "charlstm.export",
+    "CharLSTM": "charlstm.model.network",
+    "train": "charlstm.training.trainer",
+    "TrainResult": "charlstm.training.progress",
+    "evaluate": "charlstm.evaluation.scoring",
+    "EvalResult": "charlstm.evaluation.scoring",
+    "DynamicSettings": "charlstm.evaluation.dynamic",
+    "generate": "charlstm.generation.sampling",
+    "load_checkpoint": "charlstm.model.checkpoint",
+    "Checkpoint": "charlstm.model.checkpoint",
+    "bundled_corpus": "charlstm.data.corpus",
+    "inspect_text": "charlstm.inspection.analysis",
+    "Inspection": "charlstm.inspection.analysis",
+    "write_html": "charlstm.inspection.html",
+    "export_onnx": "charlstm.export.formats",
+    "export_web": "charlstm.export.formats",
+    "verify_onnx": "charlstm.export.formats",
+    "ExportResult": "charlstm.export.formats",
 }
 
 __all__ = ["CharLSTMError", "__version__", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from charlstm.checkpoint import Checkpoint, load_checkpoint
     from charlstm.config import ModelConfig, TrainConfig
-    from charlstm.corpus import bundled_corpus
-    from charlstm.dynamic import DynamicSettings
-    from charlstm.evaluation import EvalResult, evaluate
-    from charlstm.export import ExportResult, export_onnx, export_web, verify_onnx
-    from charlstm.inspection import Inspection, inspect_text
-    from charlstm.inspection_html import write_html
-    from charlstm.model import CharLSTM
-    from charlstm.prepare import TokenizeResult, tokenize
-    from charlstm.progress import TrainResult
-    from charlstm.sampling import generate
-    from charlstm.trainer import train
-    from charlstm.vocab import Vocab
+    from charlstm.data.corpus import bundled_corpus
+    from charlstm.data.prepare import TokenizeResult, tokenize
+    from charlstm.data.vocab import Vocab
+    from charlstm.evaluation.dynamic import DynamicSettings
+    from charlstm.evaluation.scoring import EvalResult, evaluate
+    from charlstm.export.formats import ExportResult, export_onnx, export_web, verify_onnx
+    from charlstm.generation.sampling import generate
+    from charlstm.inspection.analysis import Inspection, inspect_text
+    from charlstm.inspection.html import write_html
+    from charlstm.model.checkpoint import Checkpoint, load_checkpoint
+    from charlstm.model.network import CharLSTM
+    from charlstm.training.progress import TrainResult
+    from charlstm.training.trainer import train
 
 
 def __getattr__(name: str) -> Any:

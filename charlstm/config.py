@@ -174,7 +174,7 @@ class ModelConfig(_Architecture):
 
 # Presets: model size and the optimisation settings that go with it. The fixed default on a CPU
 # is "small" (a useful model on 2 cores in minutes); "medium" and "large" are for GPUs. A CPU
-# run with a time budget gets "auto" instead (charlstm.plan.default_preset). See
+# run with a time budget gets "auto" instead (charlstm.training.plan.default_preset). See
 # bench/RESULTS.md for how these were chosen. TrainConfig's own defaults are "small".
 PRESETS: dict[str, dict] = {
     "tiny": dict(
@@ -204,7 +204,7 @@ PRESETS: dict[str, dict] = {
 }
 CPU_DEFAULT_PRESET = "small"
 GPU_DEFAULT_PRESET = "medium"
-# not a fixed preset: `train` measures this machine and picks a shape (charlstm.autopreset)
+# not a fixed preset: `train` measures this machine and picks a shape (charlstm.training.autopreset)
 AUTO_PRESET = "auto"
 PRECISIONS = ("auto", "fp32", "bf16")
 MAX_SEED = 2**63 - 1

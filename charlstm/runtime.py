@@ -101,7 +101,7 @@ def keep_freed_memory() -> bool:
 
 
 def lstm_kernel(device: torch.device, precision: str = "auto", hidden_size: int = 512) -> str:
-    """Which LSTM layers train on `device`: "bf16" (charlstm.lstm_bf16: bf16 GEMMs, fp32
+    """Which LSTM layers train on `device`: "bf16" (charlstm.model.lstm_bf16: bf16 GEMMs, fp32
     weights, state and gates) or "fp32" (nn.LSTM's fused kernel). `auto` picks bf16 on CPUs
     with bf16 units for models wide enough that GEMMs, not per-step overhead, set the pace;
     GPUs use autocast instead. The choice depends on the machine and the model only (no

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import charlstm.cli
+import charlstm.cli.app
 
 
 def pytest_configure(config):
@@ -60,7 +60,7 @@ def run_cli():
     runner = CliRunner()
 
     def run(*args: object):
-        return runner.invoke(charlstm.cli.app, [str(a) for a in args])
+        return runner.invoke(charlstm.cli.app.app, [str(a) for a in args])
 
     return run
 

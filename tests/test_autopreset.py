@@ -1,4 +1,4 @@
-"""`--preset auto` (charlstm.autopreset): the rule on synthetic speed tables (budget and device
+"""`--preset auto` (charlstm.training.autopreset): the rule on synthetic speed tables (budget and device
 speed move the choice up the ladder, epochs move the dropout), the user's options winning, the
 real measurement on a tiny shape, and the CLI: a run that records its choice and resumes from
 its folder alone, and the usage errors."""
@@ -15,9 +15,13 @@ import torch
 from tiny import word_text
 from typer.testing import CliRunner
 
-import charlstm.autopreset as autopreset
-import charlstm.cli
-from charlstm.autopreset import (
+import charlstm.cli.app
+import charlstm.training.autopreset as autopreset
+from charlstm.config import ModelConfig, TrainConfig
+from charlstm.data.prepare import tokenize
+from charlstm.errors import OptionError
+from charlstm.model.network import CharLSTM
+from charlstm.training.autopreset import (
     LADDER,
     MIN_CHARS_PER_PARAM,
     Candidate,
@@ -26,11 +30,7 @@ from charlstm.autopreset import (
     parameter_count,
     regularisation_for_epochs,
 )
-from charlstm.config import ModelConfig, TrainConfig
-from charlstm.errors import OptionError
-from charlstm.model import CharLSTM
-from charlstm.prepare import tokenize
-from charlstm.trainer import train
+from charlstm.training.trainer import train
 
 CPU = torch.device("cpu")
 TINY_SHAKESPEARE_TRAIN = 1_003_854
@@ -175,7 +175,7 @@ def test_preset_auto_is_not_a_fixed_preset():
 
 # -- through the CLI -----------------------------------------------------------------------------
 def cli(*args: object):
-    return CliRunner().invoke(charlstm.cli.app, [str(a) for a in args])
+    return CliRunner().invoke(charlstm.cli.app.app, [str(a) for a in args])
 
 
 @pytest.fixture
@@ -250,7 +250,7 @@ def test_cli_auto_without_a_budget_is_a_usage_error(data, tmp_path, length, word
 
 
 def test_library_train_returns_the_choice_and_reports_it(data, tmp_path, tiny_ladder):
-    from charlstm.progress import NullReporter
+    from charlstm.training.progress import NullReporter
 
     class Seen(NullReporter):
         choices: list = []
@@ -283,7 +283,7 @@ def test_library_train_returns_the_choice_and_reports_it(data, tmp_path, tiny_la
     ],
 )
 def test_the_default_preset_is_auto_for_a_cpu_time_budget_with_no_shape(given, preset):
-    from charlstm.plan import default_preset
+    from charlstm.training.plan import default_preset
 
     assert default_preset(given) == preset
 

@@ -12,16 +12,16 @@ import pytest
 import torch
 from tiny import random_checkpoint
 
-from charlstm.batching import (
+from charlstm.data.vocab import Vocab
+from charlstm.errors import CharLSTMError, OptionError
+from charlstm.generation.batching import (
     BatchScheduler,
     CapacityError,
     SamplingParams,
     Stream,
     sample_rows,
 )
-from charlstm.errors import CharLSTMError, OptionError
-from charlstm.sampling import filter_logits, generate
-from charlstm.vocab import Vocab
+from charlstm.generation.sampling import filter_logits, generate
 
 CHARS = "the cat sat on a mat.\nCafé naïve — 東京 😀!"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from charlstm.bench import lstm_flops_per_char, matmul_gflops, peak_rss_mb, run_bench
+from charlstm.benchmark.suite import lstm_flops_per_char, matmul_gflops, peak_rss_mb, run_bench
 from charlstm.config import ModelConfig
 
 

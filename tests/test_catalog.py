@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-import charlstm.catalog as catalog
+import charlstm.data.catalog as catalog
 from charlstm.errors import CharLSTMError
 
 TEXT = ("It was the best of times, it was the worst of times.\n" * 200).encode()
@@ -176,7 +176,7 @@ def test_unknown_corpus(run_cli, tmp_path):
 
 
 def test_bundled_corpus_matches_the_catalog_checksum():
-    from charlstm.corpus import bundled_corpus
+    from charlstm.data.corpus import bundled_corpus
 
     data = bundled_corpus().read_bytes()
     spec = catalog.CATALOG["tinyshakespeare"]

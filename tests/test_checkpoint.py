@@ -11,18 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import charlstm.checkpoint
-from charlstm.checkpoint import (
+import charlstm.model.checkpoint
+from charlstm.config import ModelConfig
+from charlstm.data.vocab import Vocab
+from charlstm.errors import CharLSTMError
+from charlstm.model.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     load_checkpoint,
     read_checkpoint,
     save_checkpoint,
 )
-from charlstm.config import ModelConfig
-from charlstm.errors import CharLSTMError
-from charlstm.model import CharLSTM
-from charlstm.vocab import Vocab
+from charlstm.model.network import CharLSTM
 
 
 def model_payload(hidden: int = 16) -> dict:
@@ -75,7 +75,7 @@ def test_a_failed_save_keeps_the_old_file_and_cleans_up(tmp_path, monkeypatch):
         f.write(b"partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(charlstm.checkpoint.torch, "save", disk_full)
+    monkeypatch.setattr(charlstm.model.checkpoint.torch, "save", disk_full)
     with pytest.raises(OSError):
         save_checkpoint({**model_payload(), "step": 99}, path)
     assert path.read_bytes() == before
@@ -236,8 +236,8 @@ def test_a_version_1_run_still_evaluates_and_resumes(tmp_path):
     """Checkpoints written by the previous release load (upgraded in memory) and continue."""
     from tiny import TINY_KWARGS, word_text
 
-    from charlstm.prepare import tokenize
-    from charlstm.trainer import train
+    from charlstm.data.prepare import tokenize
+    from charlstm.training.trainer import train
 
     (tmp_path / "t.txt").write_text(word_text(3000), encoding="utf-8")
     data = tokenize(tmp_path / "t.txt", tmp_path / "data").out

@@ -13,18 +13,18 @@ import torch
 from tiny import TINY_KWARGS, tiny_args, word_text
 from typer.testing import CliRunner
 
-import charlstm.cli
-from charlstm.checkpoint import read_checkpoint
-from charlstm.prepare import tokenize
-from charlstm.sampling import generate
-from charlstm.trainer import train
+import charlstm.cli.app
+from charlstm.data.prepare import tokenize
+from charlstm.generation.sampling import generate
+from charlstm.model.checkpoint import read_checkpoint
+from charlstm.training.trainer import train
 
 SMALL = tiny_args(device="cpu")
 
 
 def cli(*args: object):
     """Run the CLI in process; stdout and stderr come back separately."""
-    return CliRunner().invoke(charlstm.cli.app, [str(a) for a in args])
+    return CliRunner().invoke(charlstm.cli.app.app, [str(a) for a in args])
 
 
 def assert_clean_error(result, exit_code: int, *words: str) -> str:
@@ -449,7 +449,7 @@ def test_samples_as_json_split_back_exactly(run, tmp_path):
 
 
 def test_a_diverged_checkpoint_is_one_line_for_eval_and_sample(run, tmp_path):
-    from charlstm.checkpoint import read_checkpoint, save_checkpoint
+    from charlstm.model.checkpoint import read_checkpoint, save_checkpoint
 
     payload = read_checkpoint(run["best"])
     payload["model"]["head.bias"][0] = float("nan")
@@ -460,7 +460,7 @@ def test_a_diverged_checkpoint_is_one_line_for_eval_and_sample(run, tmp_path):
 
 
 def test_eval_json_is_valid_json_even_for_an_unbounded_perplexity(run):
-    from charlstm.evaluation import EvalResult
+    from charlstm.evaluation.scoring import EvalResult
 
     result = EvalResult(800.0, 1154.2, float("inf"), 10, 0.1)
     assert json.loads(json.dumps(result.to_dict()))["perplexity"] is None

@@ -12,10 +12,10 @@ import pytest
 import torch
 from tiny import word_run
 
-from charlstm.checkpoint import load_checkpoint
-from charlstm.continuous_cache import CacheSettings, cache_position_nats
 from charlstm.errors import CharLSTMError
-from charlstm.evaluation import evaluate
+from charlstm.evaluation.continuous_cache import CacheSettings, cache_position_nats
+from charlstm.evaluation.scoring import evaluate
+from charlstm.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +48,7 @@ def reference_nats(model, ids: np.ndarray, settings: CacheSettings) -> np.ndarra
 
 @pytest.mark.parametrize("window", [1, 7, 300, 5000])
 def test_chunked_cache_equals_the_formula(corpus, monkeypatch, window):
-    import charlstm.continuous_cache as cc
+    import charlstm.evaluation.continuous_cache as cc
 
     monkeypatch.setattr(cc, "CACHE_CHUNK", 64)  # several chunks: the cache must carry over
     model = load_checkpoint(corpus["ckpt"]).model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-import charlstm.prepare
+import charlstm.data.prepare
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_a_bug_is_one_line_unless_verbose(run_cli, corpus, tmp_path, monkeypatch
     def broken(*args, **kwargs):
         raise RuntimeError("something internal broke")
 
-    monkeypatch.setattr(charlstm.prepare, "tokenize", broken)
+    monkeypatch.setattr(charlstm.data.prepare, "tokenize", broken)
     quiet = run_cli("tokenize", corpus, "--out", tmp_path / "a")
     assert quiet.exit_code == 1
     assert "unexpected RuntimeError: something internal broke" in quiet.stderr

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import charlstm.corpus
-from charlstm.corpus import open_source, read_pieces, wide_encoding
+import charlstm.data.corpus
+from charlstm.data.corpus import open_source, read_pieces, wide_encoding
 from charlstm.errors import CharLSTMError
 
 SEAMS_TEXT = "ab é 東 😀 e\u0301 a\u0308\n" * 7
@@ -72,7 +72,7 @@ def test_wide_encodings_are_named_with_the_command_that_converts_them(tmp_path, 
     src = open_source(path)
     with pytest.raises(CharLSTMError, match=f"is {name} text, not UTF-8.*iconv -f {name}"):
         for piece in read_pieces(src):
-            charlstm.corpus.decode_piece(piece)
+            charlstm.data.corpus.decode_piece(piece)
     assert wide_encoding(b"plain ascii text " * 10) is None
 
 
@@ -101,7 +101,7 @@ def test_read_pieces_reads_on_through_a_line_without_spaces_up_to_a_limit(tmp_pa
     raw = ("é東😀" * 100 + "\n").encode()
     src = open_source(write(tmp_path / "t.txt", raw))
     assert [p.data for p in read_pieces(src, 7, at_newline=True)] == [raw]
-    monkeypatch.setattr(charlstm.corpus, "MAX_PIECE_BYTES", 64)
+    monkeypatch.setattr(charlstm.data.corpus, "MAX_PIECE_BYTES", 64)
     pieces = list(read_pieces(src, 7, at_newline=True))
     assert b"".join(p.data for p in pieces) == raw
     assert len(pieces) > 5 and max(len(p.data) for p in pieces) < 2 * 64

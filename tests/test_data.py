@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tiny import word_text
 
-from charlstm.data import (
+from charlstm.data.dataset import (
     TrainStreams,
     data_name,
     epoch_offset,
@@ -19,8 +19,8 @@ from charlstm.data import (
     steps_per_epoch,
     stream_offsets,
 )
+from charlstm.data.prepare import tokenize
 from charlstm.errors import CharLSTMError
-from charlstm.prepare import tokenize
 
 
 @pytest.fixture(scope="module")

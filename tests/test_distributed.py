@@ -14,9 +14,9 @@ import pytest
 import torch
 from tiny import tiny_args
 
-from charlstm.checkpoint import read_checkpoint
-from charlstm.prepare import tokenize
-from charlstm.rundir import RunDir
+from charlstm.data.prepare import tokenize
+from charlstm.model.checkpoint import read_checkpoint
+from charlstm.training.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 

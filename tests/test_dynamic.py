@@ -12,8 +12,8 @@ import pytest
 import torch
 from tiny import random_checkpoint, word_run
 
-from charlstm.checkpoint import load_checkpoint
-from charlstm.dynamic import (
+from charlstm.errors import CharLSTMError
+from charlstm.evaluation.dynamic import (
     DynamicSettings,
     _forward,
     adapt,
@@ -21,8 +21,8 @@ from charlstm.dynamic import (
     load_or_compute_rms,
     stats_path,
 )
-from charlstm.errors import CharLSTMError
-from charlstm.evaluation import evaluate
+from charlstm.evaluation.scoring import evaluate
+from charlstm.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def corpus(tmp_path_factory) -> dict[str, Path]:
 def test_our_lstm_backward_equals_autograd():
     """The hand-written batch-1 backward gives PyTorch's gradients (float64, exact to rounding)."""
     from charlstm.config import ModelConfig
-    from charlstm.model import CharLSTM
+    from charlstm.model.network import CharLSTM
 
     torch.manual_seed(0)
     model = CharLSTM(ModelConfig(vocab_size=11, embed_size=6, hidden_size=8, num_layers=2,
@@ -139,8 +139,8 @@ def test_gradient_statistics_are_cached_beside_the_checkpoint_and_reused(corpus,
 def test_statistics_match_a_direct_computation(corpus):
     """RMS is the root mean square of the gradients of the mean loss over training segments:
     STATS_STREAMS streams side by side, state carried from one segment to the next."""
-    from charlstm.data import load_dataset
-    from charlstm.dynamic import STATS_SEGMENT, STATS_STREAMS
+    from charlstm.data.dataset import load_dataset
+    from charlstm.evaluation.dynamic import STATS_SEGMENT, STATS_STREAMS
 
     ckpt = load_checkpoint(corpus["ckpt"])
     train = np.asarray(load_dataset(corpus["data"]).split("train"), dtype=np.int64)
@@ -166,7 +166,7 @@ def test_statistics_match_a_direct_computation(corpus):
 
 
 def test_without_training_data_or_cache_it_says_what_to_pass(corpus, tmp_path):
-    from charlstm.vocab import Vocab
+    from charlstm.data.vocab import Vocab
 
     vocab = Vocab.load(corpus["data"] / "tokenizer.json")
     path = random_checkpoint(tmp_path / "orphan.pt", vocab, hidden_size=8,
@@ -221,7 +221,7 @@ def test_sample_adapt_generates_in_the_documents_style(corpus, run_cli):
     plain = run_cli("sample", corpus["ckpt"], *args)
     doc = corpus["root"] / "doc.txt"
     doc.write_text("abcab abcab abcab " * 30, encoding="utf-8")
-    from charlstm.sampling import generate
+    from charlstm.generation.sampling import generate
 
     adapted = generate(corpus["ckpt"], length=36, temperature=0, device="cpu", adapt=doc,
                        adapt_settings=DynamicSettings(segment=5, lr=1e-3))  # fmt: skip

@@ -1,4 +1,4 @@
-"""charlstm.ema.WeightAverage: the update rule with its warm-up, applying the average and
+"""charlstm.training.ema.WeightAverage: the update rule with its warm-up, applying the average and
 putting the trained weights back, and the state dict with shared tensors."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlstm.ema import WeightAverage
+from charlstm.training.ema import WeightAverage
 
 
 def test_update_follows_the_warmed_up_decay():

@@ -11,16 +11,22 @@ import pytest
 import torch
 from tiny import random_checkpoint, word_text
 
-from charlstm.checkpoint import load_checkpoint
+from charlstm.data.prepare import tokenize
 from charlstm.errors import CharLSTMError
-from charlstm.evaluation import EVAL_BPTT, evaluate, metrics_from_nats, stream_count, stream_nats
-from charlstm.model import CharLSTM
-from charlstm.prepare import tokenize
+from charlstm.evaluation.scoring import (
+    EVAL_BPTT,
+    evaluate,
+    metrics_from_nats,
+    stream_count,
+    stream_nats,
+)
+from charlstm.model.checkpoint import load_checkpoint
+from charlstm.model.network import CharLSTM
 
 
 def make_checkpoint(path: Path, data: Path, num_layers: int = 2, seed: int = 0) -> Path:
     """A random model saved as a checkpoint of a run on the tokenized folder `data`."""
-    from charlstm.vocab import Vocab
+    from charlstm.data.vocab import Vocab
 
     vocab = Vocab.load(data / "tokenizer.json")
     extra = {"data": {"folder": str(data.resolve())}}
@@ -327,7 +333,7 @@ def test_bf16_scoring_does_not_import_the_compiler(corpus):
     import sys
 
     code = (
-        "import sys; from charlstm.evaluation import evaluate; "
+        "import sys; from charlstm.evaluation.scoring import evaluate; "
         f"r = evaluate({str(corpus['ckpt'])!r}, text={str(corpus['text'])!r}, device='cpu', "
         "precision='bf16'); assert r.precision == 'bf16 LSTM matmuls', r.precision; "
         "print('torch._dynamo' in sys.modules)"
@@ -371,7 +377,7 @@ def reference_window_nats(model: CharLSTM, ids: np.ndarray, window: int, hop=Non
 
 @pytest.mark.parametrize("window", [2, 3, 16, 17])
 def test_window_scores_each_character_once_with_its_documented_context(corpus, window):
-    from charlstm.evaluation import window_nats
+    from charlstm.evaluation.scoring import window_nats
 
     model = load_checkpoint(corpus["ckpt"]).model
     ids = encode_file(corpus["ckpt"], corpus["text"])[:150]
@@ -382,7 +388,7 @@ def test_window_scores_each_character_once_with_its_documented_context(corpus, w
 
 @pytest.mark.parametrize(("window", "hop"), [(16, 16), (16, 1), (17, 5)])
 def test_window_hop(corpus, window, hop):
-    from charlstm.evaluation import window_nats
+    from charlstm.evaluation.scoring import window_nats
 
     model = load_checkpoint(corpus["ckpt"]).model
     ids = encode_file(corpus["ckpt"], corpus["text"])[:120]
@@ -407,7 +413,7 @@ def test_window_is_deterministic_and_bounds_context(corpus):
 
 
 def test_window_batches_never_change_the_result(corpus, monkeypatch):
-    import charlstm.evaluation as evaluation
+    import charlstm.evaluation.scoring as evaluation
 
     one = evaluate(corpus["ckpt"], text=corpus["text"], device="cpu", window=40)
     vocab = load_checkpoint(corpus["ckpt"]).vocab.size

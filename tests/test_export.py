@@ -24,12 +24,12 @@ import torch
 from conftest import REPO
 from tiny import random_checkpoint
 
-import charlstm.export as exporting
-from charlstm.checkpoint import load_checkpoint, save_checkpoint
+import charlstm.export.formats as exporting
 from charlstm.config import ModelConfig
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.model import CharLSTM
-from charlstm.vocab import Vocab
+from charlstm.model.checkpoint import load_checkpoint, save_checkpoint
+from charlstm.model.network import CharLSTM
 
 CHARS = "the cat sat on a mat.\nCafé naïve — 東京 😀!"
 PRIME = "Café 東京 😀 the"  # multi-byte characters of every UTF-8 length
@@ -73,7 +73,7 @@ def greedy_sample(run_cli, ckpt: Path, prime: str, length: int = 300) -> str:
 def torch_greedy_path(ckpt: Path, prime: str, length: int) -> tuple[list[int], np.ndarray]:
     """The ids of the prime and `length` greedy characters, and PyTorch's logits after each of
     them, computed as `charlstm sample` does (prime in one pass, then `FastLSTMStep`)."""
-    from charlstm.sampling import FastLSTMStep
+    from charlstm.generation.sampling import FastLSTMStep
 
     loaded = load_checkpoint(ckpt)
     ids = loaded.vocab.encode(prime).tolist()

@@ -14,12 +14,13 @@ from tiny import random_checkpoint, word_text
 from typer.testing import CliRunner
 
 import charlstm
-import charlstm.cli
-from charlstm.checkpoint import load_checkpoint, save_checkpoint
+import charlstm.cli.app
 from charlstm.config import ModelConfig
+from charlstm.data.prepare import tokenize
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.evaluation import evaluate, stream_nats
-from charlstm.inspection import (
+from charlstm.evaluation.scoring import evaluate, stream_nats
+from charlstm.inspection.analysis import (
     DEFAULT_EXCERPT,
     Cell,
     inspect_text,
@@ -27,9 +28,8 @@ from charlstm.inspection import (
     text_properties,
     to_dict,
 )
-from charlstm.model import CharLSTM
-from charlstm.prepare import tokenize
-from charlstm.vocab import Vocab
+from charlstm.model.checkpoint import load_checkpoint, save_checkpoint
+from charlstm.model.network import CharLSTM
 
 QUOTED = (
     'she said "run" and then "hide now, now" but the cat sat.\n'
@@ -118,7 +118,7 @@ def test_top_guesses_and_rank_are_the_models_distribution(ckpt_path):
 
 
 def load_dataset_vocab(folder) -> Vocab:
-    from charlstm.data import load_dataset
+    from charlstm.data.dataset import load_dataset
 
     return load_dataset(folder).vocab
 
@@ -269,7 +269,7 @@ def test_numbers_as_json(ckpt_path):
 
 # -- through the CLI ----------------------------------------------------------------------------
 def cli(*args: object, input: str | None = None):
-    return CliRunner().invoke(charlstm.cli.app, [str(a) for a in args], input=input)
+    return CliRunner().invoke(charlstm.cli.app.app, [str(a) for a in args], input=input)
 
 
 def assert_one_line_error(result, *words: str, code: int = 1) -> None:
@@ -390,7 +390,7 @@ def test_cli_unknown_skip_inspects_the_rest(ckpt_path, tmp_path):
 def test_pager_gets_the_coloured_views(ckpt_path, tmp_path, monkeypatch):
     from rich.console import Console
 
-    import charlstm.ui as ui
+    import charlstm.cli.ui as ui
 
     paged = tmp_path / "paged.txt"
     monkeypatch.setenv("PAGER", f"sh -c 'cat > {paged}'")

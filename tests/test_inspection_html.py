@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from tiny import random_checkpoint, word_text
 
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.inspection import inspect_text
-from charlstm.inspection_html import page_data, render_html, write_html
-from charlstm.vocab import Vocab
+from charlstm.inspection.analysis import inspect_text
+from charlstm.inspection.html import page_data, render_html, write_html
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))  # bench/headless.py
 from headless import capture, find_chromium  # noqa: E402

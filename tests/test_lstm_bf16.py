@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from charlstm import lstm_bf16, native
 from charlstm.config import ModelConfig
-from charlstm.lstm_bf16 import lstm_layer_bf16
-from charlstm.model import CharLSTM
+from charlstm.model import lstm_bf16, native
+from charlstm.model.lstm_bf16 import lstm_layer_bf16
+from charlstm.model.network import CharLSTM
 
 # bf16 keeps 8 bits of mantissa: one rounding is 2^-9 relative; a window of GEMMs and
 # recurrences compounds a few of them, so "the same function" means ~1 % relative error
@@ -144,7 +144,7 @@ def test_scoring_layer_is_the_training_kernels_forward(monkeypatch):
     """The forward-only layer of `eval --precision bf16` keeps no buffers for a backward pass
     and projects the input a block of steps at a time, but computes what the training kernel's
     forward does (a block boundary inside the window, and an uneven last block, included)."""
-    from charlstm.lstm_bf16 import lstm_layer_bf16_inference
+    from charlstm.model.lstm_bf16 import lstm_layer_bf16_inference
 
     torch.manual_seed(1)
     T, B, inputs, H = 11, 3, 6, 16
@@ -199,10 +199,10 @@ def test_bf16_training_learns_is_deterministic_and_its_checkpoint_is_an_fp32_one
     loads and evaluates like any other (on the exact fp32 path)."""
     from tiny import TINY_KWARGS, word_text
 
-    from charlstm.checkpoint import load_checkpoint, read_checkpoint
-    from charlstm.evaluation import evaluate
-    from charlstm.prepare import tokenize
-    from charlstm.trainer import train
+    from charlstm.data.prepare import tokenize
+    from charlstm.evaluation.scoring import evaluate
+    from charlstm.model.checkpoint import load_checkpoint, read_checkpoint
+    from charlstm.training.trainer import train
 
     (tmp_path / "c.txt").write_text(word_text(3000))
     data = tokenize(tmp_path / "c.txt", tmp_path / "tok").out

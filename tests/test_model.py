@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from charlstm.config import ModelConfig
-from charlstm.model import CharLSTM, repackage_state
+from charlstm.model.network import CharLSTM, repackage_state
 
 V, E, H = 11, 8, 16
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from charlstm import lstm_bf16, native
-from charlstm.lstm_bf16 import lstm_layer_bf16
+from charlstm.model import lstm_bf16, native
+from charlstm.model.lstm_bf16 import lstm_layer_bf16
 
 BF16_REL = 0.02
 
@@ -136,7 +136,7 @@ def test_bf16_training_draws_its_dropout_masks_in_c(monkeypatch):
     real = lstm_bf16.NativeDropout.apply
     monkeypatch.setattr(lstm_bf16.NativeDropout, "apply", lambda *a: calls.append(1) or real(*a))
     from charlstm.config import ModelConfig
-    from charlstm.model import CharLSTM
+    from charlstm.model.network import CharLSTM
 
     model = CharLSTM(ModelConfig(vocab_size=11, embed_size=8, hidden_size=16, num_layers=2,
                                  dropout=0.2))  # fmt: skip

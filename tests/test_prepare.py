@@ -14,12 +14,12 @@ import pytest
 from tokenizers import Tokenizer
 
 import charlstm
-import charlstm.corpus
-import charlstm.prepare
+import charlstm.data.corpus
+import charlstm.data.prepare
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.vocab import Vocab
 
-BUNDLED = charlstm.corpus.bundled_corpus()
+BUNDLED = charlstm.data.corpus.bundled_corpus()
 SPLITS = ("train", "val", "test")
 # every line differs, so a misplaced slice cannot go unnoticed; > 256 distinct characters
 VARIED_TEXT = "".join(
@@ -94,11 +94,11 @@ def assert_clean_failure(result, *words: str, exit_code: int = 1) -> None:
 
 @pytest.fixture(params=["library", "cli"])
 def tokenize_with(request, run_cli):
-    """``tokenize_with(corpus, out, **options)`` through `charlstm.prepare.tokenize` or the CLI."""
+    """``tokenize_with(corpus, out, **options)`` through `charlstm.data.prepare.tokenize` or the CLI."""
 
     def run(corpus, out, **options) -> Path:
         if request.param == "library":
-            result = charlstm.prepare.tokenize(corpus, out, **options)
+            result = charlstm.data.prepare.tokenize(corpus, out, **options)
             assert result.out == Path(out)
         else:
             result = run_cli(*cli_args(corpus, out, **options))
@@ -116,7 +116,7 @@ def tiny_chunks(monkeypatch) -> list:
     ``read_pieces`` binds its chunk size when defined, so patching CHUNK_BYTES alone would not
     reach it; the returned list collects the pieces, to prove the seams were really exercised.
     """
-    real = charlstm.corpus.read_pieces
+    real = charlstm.data.corpus.read_pieces
     pieces: list = []
 
     def read_small(src, chunk_bytes=None, at_newline=False):
@@ -124,7 +124,7 @@ def tiny_chunks(monkeypatch) -> list:
             pieces.append(piece)
             yield piece
 
-    monkeypatch.setattr(charlstm.prepare, "read_pieces", read_small)
+    monkeypatch.setattr(charlstm.data.prepare, "read_pieces", read_small)
     return pieces
 
 
@@ -210,7 +210,7 @@ def test_more_than_65536_symbols_is_uint32(tmp_path):
     # astral code points (CJK extension planes and beyond), no surrogates, each one once
     text = "".join(map(chr, range(0x20000, 0x20000 + 70_000)))
     out = tmp_path / "out"
-    charlstm.prepare.tokenize(write(tmp_path / "huge.txt", text), out)
+    charlstm.data.prepare.tokenize(write(tmp_path / "huge.txt", text), out)
     meta = read_meta(out)
     assert (meta["vocab_size"], meta["dtype"]) == (70_000, "uint32")
     ids = all_ids(out)
@@ -247,9 +247,9 @@ def test_meta_json_describes_the_run(tokenize_with, tmp_path):
 
 
 def test_meta_sha256_of_the_bundled_corpus(tmp_path):
-    charlstm.prepare.tokenize(None, tmp_path / "out", level="byte")
+    charlstm.data.prepare.tokenize(None, tmp_path / "out", level="byte")
     meta = read_meta(tmp_path / "out")
-    assert meta["sha256"] == charlstm.corpus.BUNDLED_SHA256
+    assert meta["sha256"] == charlstm.data.corpus.BUNDLED_SHA256
     assert meta["sha256"] == hashlib.sha256(BUNDLED.read_bytes()).hexdigest()
     assert (meta["vocab_size"], meta["chars"]["total"]) == (256, BUNDLED.stat().st_size)
 
@@ -475,9 +475,9 @@ def test_usage_errors_exit_2(run_cli, tiny_text, out_dir, flags, words):
 
 def test_library_rejects_unknown_options_as_user_errors(tiny_text, out_dir):
     with pytest.raises(CharLSTMError, match="unknown level 'word'"):
-        charlstm.prepare.tokenize(tiny_text, out_dir, level="word")
+        charlstm.data.prepare.tokenize(tiny_text, out_dir, level="word")
     with pytest.raises(CharLSTMError, match="unknown normalization 'nfd'"):
-        charlstm.prepare.tokenize(tiny_text, out_dir, normalize="nfd")
+        charlstm.data.prepare.tokenize(tiny_text, out_dir, normalize="nfd")
     assert_nothing_written(out_dir)
 
 
@@ -517,7 +517,7 @@ def _fail_after_writing_some(monkeypatch, exc: BaseException) -> None:
         (folder / "train.npy").write_bytes(b"half a file")
         raise exc
 
-    monkeypatch.setattr(charlstm.prepare, "_write_splits", write_then_fail)
+    monkeypatch.setattr(charlstm.data.prepare, "_write_splits", write_then_fail)
 
 
 def _fail_saving_vocab(monkeypatch, exc: BaseException) -> None:
@@ -553,14 +553,14 @@ def test_failed_write_leaves_no_half_written_folder(
 def test_interrupted_write_is_cleaned_up(monkeypatch, tiny_text, out_dir):
     _fail_after_writing_some(monkeypatch, KeyboardInterrupt())
     with pytest.raises(KeyboardInterrupt):
-        charlstm.prepare.tokenize(tiny_text, out_dir)
+        charlstm.data.prepare.tokenize(tiny_text, out_dir)
     assert_nothing_written(out_dir)
 
 
 def test_library_failure_is_a_charlstm_error(monkeypatch, tiny_text, out_dir):
     _fail_saving_vocab(monkeypatch, PermissionError(13, "Permission denied"))
     with pytest.raises(CharLSTMError) as err:
-        charlstm.prepare.tokenize(tiny_text, out_dir)
+        charlstm.data.prepare.tokenize(tiny_text, out_dir)
     assert "Permission denied" in err.value.message
     assert "nothing was written" in err.value.hint
     assert_nothing_written(out_dir)
@@ -569,7 +569,7 @@ def test_library_failure_is_a_charlstm_error(monkeypatch, tiny_text, out_dir):
 # -- the process around tokenize: no torch, version, help ----------------------------------------
 def test_importing_the_cli_and_prepare_does_not_import_torch():
     code = (
-        "import sys, charlstm, charlstm.cli, charlstm.prepare, charlstm.vocab, charlstm.corpus\n"
+        "import sys, charlstm, charlstm.cli.app, charlstm.data.prepare, charlstm.data.vocab, charlstm.data.corpus\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -587,7 +587,7 @@ def test_tokenize_command_does_not_import_torch(run_cli_subprocess, tiny_text, t
         for line in proc.stderr.splitlines()
         if line.startswith("import time:") and "|" in line
     }
-    assert "charlstm.prepare" in imported  # the import log is real
+    assert "charlstm.data.prepare" in imported  # the import log is real
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
 
 
@@ -604,7 +604,7 @@ def test_invalid_utf8_with_byte_level_normalization_points_at_the_right_fix(tmp_
     src = tmp_path / "bad.bin"
     src.write_bytes(b"fine text\n\xff\xfe more\n")
     with pytest.raises(CharLSTMError, match="--normalize none") as err:
-        charlstm.prepare.tokenize(src, tmp_path / "out", level="byte", normalize="nfc")
+        charlstm.data.prepare.tokenize(src, tmp_path / "out", level="byte", normalize="nfc")
     assert "byte offset 10" in str(err.value)
     assert not (tmp_path / "out").exists()
 
@@ -657,7 +657,7 @@ def test_utf16_text_is_told_how_to_convert(run_cli, tmp_path, out_dir):
 def test_catalog_split_applies_in_the_library_too(tmp_path):
     corpus = write(tmp_path / "text8", "abc def " * 400)
     write(tmp_path / "text8.json", json.dumps({"val_frac": 0.05, "test_frac": 0.05}))
-    result = charlstm.prepare.tokenize(corpus, tmp_path / "out")
+    result = charlstm.data.prepare.tokenize(corpus, tmp_path / "out")
     meta = read_meta(result.out)
     assert (meta["val_frac"], meta["test_frac"]) == (0.05, 0.05)
     assert result.chars["test"] == 160

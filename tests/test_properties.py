@@ -13,11 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from charlstm.data.prepare import tokenize
+from charlstm.data.vocab import Vocab, codepoints
 from charlstm.errors import CharLSTMError
-from charlstm.evaluation import evaluate
-from charlstm.prepare import tokenize
-from charlstm.sampling import check_options
-from charlstm.vocab import Vocab, codepoints
+from charlstm.evaluation.scoring import evaluate
+from charlstm.generation.sampling import check_options
 
 # any Unicode text a file can hold (hypothesis already leaves out lone surrogates)
 texts = st.text(min_size=4, max_size=200)
@@ -86,7 +86,7 @@ def test_sample_option_validation_accepts_exactly_the_valid_values(
 
 @pytest.fixture(scope="module")
 def small_checkpoint(tmp_path_factory):
-    from charlstm.trainer import train
+    from charlstm.training.trainer import train
 
     work = tmp_path_factory.mktemp("prop")
     src = work / "c.txt"

@@ -17,11 +17,11 @@ import pytest
 import torch
 from tiny import TINY_KWARGS, tiny_args
 
-from charlstm.checkpoint import read_checkpoint
+from charlstm.data.prepare import tokenize
 from charlstm.errors import CharLSTMError
-from charlstm.prepare import tokenize
-from charlstm.rundir import MetricsLog, RunDir
-from charlstm.trainer import train
+from charlstm.model.checkpoint import read_checkpoint
+from charlstm.training.rundir import MetricsLog, RunDir
+from charlstm.training.trainer import train
 
 TINY = [*tiny_args(dropout=0.1, seed=3), "--quiet"]
 
@@ -161,7 +161,7 @@ def test_metrics_log_drops_lines_after_the_checkpoint(tmp_path):
 
 def test_checkpoint_write_is_atomic(data, tmp_path, monkeypatch):
     """A crash while writing a checkpoint leaves the previous last.pt loadable."""
-    import charlstm.checkpoint as ckpt
+    import charlstm.model.checkpoint as ckpt
 
     run = tmp_path / "run"
     kw = dict(**TINY_KWARGS, seed=1)
@@ -201,7 +201,7 @@ def test_lock_of_a_killed_process_does_not_stick(data, tmp_path):
         [
             sys.executable,
             "-c",
-            "import sys, time; from charlstm.rundir import RunDir\n"
+            "import sys, time; from charlstm.training.rundir import RunDir\n"
             f"with RunDir({str(run)!r}).lock():\n    print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
@@ -217,7 +217,7 @@ def test_lock_of_a_killed_process_does_not_stick(data, tmp_path):
 
 
 def test_nan_guard_skips_bad_steps_then_stops_with_files_untouched(data, tmp_path, monkeypatch):
-    import charlstm.trainer as trainer
+    import charlstm.training.trainer as trainer
 
     run = tmp_path / "run"
     kw = dict(**TINY_KWARGS, seed=1, eval_every=10)
@@ -260,17 +260,19 @@ def test_tokenized_folder_inconsistent_with_meta_is_refused(data, tmp_path, run_
 def test_not_enough_disk_is_refused_before_training(data, tmp_path, monkeypatch):
     import shutil as shutil_module
 
-    import charlstm.rundir
+    import charlstm.training.rundir
 
     usage = shutil_module.disk_usage(tmp_path)
-    monkeypatch.setattr(charlstm.rundir.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    monkeypatch.setattr(
+        charlstm.training.rundir.shutil, "disk_usage", lambda p: usage._replace(free=1000)
+    )
     with pytest.raises(CharLSTMError, match="MB free"):
         train(data, tmp_path / "run", preset="tiny", steps=5)
     assert not (tmp_path / "run").exists()  # no folder is left behind by a refused run
 
 
 def test_interrupt_handler_restores_signals():
-    from charlstm.trainer import _Interrupt
+    from charlstm.training.trainer import _Interrupt
 
     before = signal.getsignal(signal.SIGINT)
     with _Interrupt() as interrupt:

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from charlstm.errors import CharLSTMError
-from charlstm.report import has_matplotlib, read_curves, text_chart, write_png
+from charlstm.training.report import has_matplotlib, read_curves, text_chart, write_png
 
 METRICS = [
     {
@@ -117,8 +117,8 @@ def test_png_is_a_valid_image_when_matplotlib_is_installed(run_dir, tmp_path, ru
 
 
 def test_info_describes_a_checkpoint(run_cli, tmp_path):
-    from charlstm.prepare import tokenize
-    from charlstm.trainer import train
+    from charlstm.data.prepare import tokenize
+    from charlstm.training.trainer import train
 
     src = tmp_path / "t.txt"
     src.write_text("hello world, hello charlstm.\n" * 50)
@@ -167,7 +167,7 @@ def test_undecodable_or_wrong_typed_lines_are_skipped(run_cli, tmp_path):
 
 def test_drawing_a_png_leaves_the_callers_matplotlib_alone(tmp_path):
     matplotlib = pytest.importorskip("matplotlib", reason="the optional 'plot' extra")
-    from charlstm.report import Curves, write_png
+    from charlstm.training.report import Curves, write_png
 
     backend = matplotlib.get_backend()
     write_png(Curves(train=[(1, 2.0), (2, 1.5)], val=[(2, 1.7)]), tmp_path / "c.png")

@@ -1,4 +1,4 @@
-"""Resuming from the run folder alone (charlstm.trainer's planning of a resumed run): one test
+"""Resuming from the run folder alone (charlstm.training.trainer's planning of a resumed run): one test
 per kind of difference between what the user types and what the run was — nothing given; the
 data moved; preset or model options given again; batch or bptt given differently; a finished
 run extended — and the exact continuation."""
@@ -14,11 +14,11 @@ import pytest
 import torch
 from tiny import TINY_KWARGS, InterruptAt, tiny_args, word_text
 
-from charlstm.checkpoint import read_checkpoint
 from charlstm.config import TrainConfig
+from charlstm.data.prepare import tokenize
 from charlstm.errors import CharLSTMError, OptionError
-from charlstm.prepare import tokenize
-from charlstm.trainer import lr_at, train
+from charlstm.model.checkpoint import read_checkpoint
+from charlstm.training.trainer import lr_at, train
 
 # a non-default preset with non-default sizes: a resume that rebuilt the model from the
 # defaults instead of the checkpoint could not load its weights

@@ -11,9 +11,9 @@ import shutil
 
 import pytest
 
-import charlstm.rundir
+import charlstm.training.rundir
 from charlstm.errors import CharLSTMError
-from charlstm.rundir import MetricsLog, RunDir, disk_full_error
+from charlstm.training.rundir import MetricsLog, RunDir, disk_full_error
 
 
 def test_preflight_checks_without_creating_anything(tmp_path):
@@ -28,7 +28,9 @@ def test_preflight_checks_without_creating_anything(tmp_path):
 
 def test_preflight_says_how_much_space_is_needed(tmp_path, monkeypatch):
     usage = shutil.disk_usage(tmp_path)
-    monkeypatch.setattr(charlstm.rundir.shutil, "disk_usage", lambda p: usage._replace(free=10**6))
+    monkeypatch.setattr(
+        charlstm.training.rundir.shutil, "disk_usage", lambda p: usage._replace(free=10**6)
+    )
     with pytest.raises(CharLSTMError, match="only 1 MB free .* needs about 42 MB"):
         RunDir(tmp_path / "run").preflight(42 * 10**6)
 
@@ -58,7 +60,9 @@ def test_clear_removes_only_the_run_files(tmp_path):
 def test_best_is_a_durable_copy_of_last(tmp_path, monkeypatch):
     synced = []
     real_fsync = os.fsync
-    monkeypatch.setattr(charlstm.rundir.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    monkeypatch.setattr(
+        charlstm.training.rundir.os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd)
+    )
     run = RunDir(tmp_path)
     (tmp_path / "last.pt").write_bytes(b"new weights" * 1000)
     (tmp_path / "best.pt").write_bytes(b"old")

@@ -8,10 +8,10 @@ import dataclasses
 import torch
 
 from charlstm.config import ModelConfig, TrainConfig
-from charlstm.distributed import Dist
-from charlstm.model import CharLSTM
-from charlstm.runstate import RunState
-from charlstm.trainer import build_optimizer
+from charlstm.model.network import CharLSTM
+from charlstm.training.distributed import Dist
+from charlstm.training.runstate import RunState
+from charlstm.training.trainer import build_optimizer
 
 CPU = torch.device("cpu")
 

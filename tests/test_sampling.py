@@ -11,12 +11,12 @@ import pytest
 import torch
 from tiny import random_checkpoint
 
-import charlstm.sampling
-from charlstm.checkpoint import load_checkpoint
+import charlstm.generation.sampling
+from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
-from charlstm.model import CharLSTM
-from charlstm.sampling import FastLSTMStep, check_options, filter_logits, generate
-from charlstm.vocab import Vocab
+from charlstm.generation.sampling import FastLSTMStep, check_options, filter_logits, generate
+from charlstm.model.checkpoint import load_checkpoint
+from charlstm.model.network import CharLSTM
 
 CHARS = "\n !,.:?ABCDEFGHIJKLMNOPRSTUVWabcdefghijklmnoprstuvwy"
 
@@ -232,7 +232,7 @@ def test_filtered_sampling_never_leaves_the_nucleus(ckpt, monkeypatch):
         assert ((probs > 0).sum(-1) < probs.shape[-1]).all()  # the filter did cut something
         return drawn
 
-    monkeypatch.setattr(charlstm.sampling.torch, "multinomial", spy)
+    monkeypatch.setattr(charlstm.generation.sampling.torch, "multinomial", spy)
     generate(ckpt, prime="Hi", length=40, top_p=0.5, seed=2, device="cpu")
     assert len(seen) == 40 and all(seen)
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from tiny import random_checkpoint
 
-from charlstm.server import serve_available
-from charlstm.vocab import Vocab
+from charlstm.data.vocab import Vocab
+from charlstm.serving.server import serve_available
 
 pytestmark = pytest.mark.skipif(
     not serve_available(), reason="the serve extra is not installed: pip install 'charlstm[serve]'"
@@ -49,8 +49,8 @@ def running_server(ckpt: Path, api_key: str | None = None, **limits):
     """The app on an ephemeral 127.0.0.1 port, served by uvicorn in a thread."""
     import uvicorn
 
-    from charlstm.batching import BatchScheduler
-    from charlstm.server import ServeLimits, _listen, create_app, run_name
+    from charlstm.generation.batching import BatchScheduler
+    from charlstm.serving.server import ServeLimits, _listen, create_app, run_name
 
     limits = ServeLimits(**{**LIMITS, **limits})
     scheduler = BatchScheduler(ckpt, max_streams=limits.max_streams)
@@ -99,7 +99,7 @@ def post(url: str, body, headers: dict | None = None, timeout: float = 30) -> ht
 
 def greedy(scheduler, prompt: str, n_chars: int) -> str:
     """The reference text, from the library (no HTTP)."""
-    from charlstm.batching import BatchScheduler, SamplingParams
+    from charlstm.generation.batching import BatchScheduler, SamplingParams
 
     fresh = BatchScheduler(scheduler.checkpoint_path)
     return fresh.generate(prompt, SamplingParams(max_tokens=n_chars, temperature=0))[0]
@@ -339,9 +339,9 @@ def test_playground_asks_for_the_key_before_calling_a_keyed_server(keyed_server)
 
 
 def test_serve_without_the_extra_says_how_to_get_it(run_cli, ckpt, monkeypatch):
-    import charlstm.server
+    import charlstm.serving.server
 
-    monkeypatch.setattr(charlstm.server, "serve_available", lambda: False)
+    monkeypatch.setattr(charlstm.serving.server, "serve_available", lambda: False)
     result = run_cli("serve", ckpt)
     assert result.exit_code == 1
     assert "pip install 'charlstm[serve]'" in result.stderr
@@ -402,6 +402,6 @@ def test_serve_subprocess_answers_and_stops_gracefully(ckpt, sig):
 
 
 def greedy_from(ckpt: Path, prompt: str, n_chars: int) -> str:
-    from charlstm.batching import BatchScheduler, SamplingParams
+    from charlstm.generation.batching import BatchScheduler, SamplingParams
 
     return BatchScheduler(ckpt).generate(prompt, SamplingParams(n_chars, temperature=0))[0]

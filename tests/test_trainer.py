@@ -14,13 +14,13 @@ import pytest
 import torch
 from tiny import TINY_KWARGS, word_text
 
-import charlstm.trainer
-from charlstm.checkpoint import load_checkpoint, read_checkpoint
+import charlstm.training.trainer
+from charlstm.data.prepare import tokenize
 from charlstm.errors import CharLSTMError, OptionError
-from charlstm.evaluation import evaluate
-from charlstm.model import CharLSTM
-from charlstm.prepare import tokenize
-from charlstm.trainer import train
+from charlstm.evaluation.scoring import evaluate
+from charlstm.model.checkpoint import load_checkpoint, read_checkpoint
+from charlstm.model.network import CharLSTM
+from charlstm.training.trainer import train
 
 # small, fast and deterministic: warm-up and decay still apply unless a test turns them off
 TINY = dict(
@@ -157,7 +157,7 @@ def test_hidden_state_is_carried_between_windows(tmp_path, monkeypatch):
     def reset(state):
         return tuple(torch.zeros_like(s) for s in state)
 
-    monkeypatch.setattr(charlstm.trainer, "repackage_state", reset)
+    monkeypatch.setattr(charlstm.training.trainer, "repackage_state", reset)
     train(folder, tmp_path / "reset", **options)
     reset_loss = records(tmp_path / "reset", "train")[-1]["train_loss"]
 
@@ -209,7 +209,7 @@ def test_each_window_starts_from_the_last_ones_detached_state(data, tmp_path, mo
 def finished_run(data, tmp_path_factory):
     """A 30-step run, with every payload the trainer saved captured on its way to disk."""
     saved = []
-    real_save = charlstm.trainer.save_checkpoint
+    real_save = charlstm.training.trainer.save_checkpoint
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
@@ -218,7 +218,7 @@ def finished_run(data, tmp_path_factory):
         real_save(payload, path)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(charlstm.trainer, "save_checkpoint", capture)
+        mp.setattr(charlstm.training.trainer, "save_checkpoint", capture)
         run = tmp_path_factory.mktemp("finished") / "run"
         result = train(data, run, steps=30, **TINY)
     torch.set_num_threads(threads)
@@ -436,13 +436,13 @@ def test_time_budget_stops_the_run_and_still_evaluates(data, tmp_path):
 
 def test_save_every_steps(data, tmp_path, monkeypatch):
     saves = []
-    real_save = charlstm.trainer.save_checkpoint
+    real_save = charlstm.training.trainer.save_checkpoint
 
     def spy(payload, path):
         saves.append((Path(path).name, payload["run"]["step"]))
         real_save(payload, path)
 
-    monkeypatch.setattr(charlstm.trainer, "save_checkpoint", spy)
+    monkeypatch.setattr(charlstm.training.trainer, "save_checkpoint", spy)
     train(data, tmp_path / "run", steps=12, save_every="5", **{**TINY, "eval_every": 1000})
     assert saves == [("last.pt", 5), ("last.pt", 10), ("last.pt", 12)]
     assert read_checkpoint(tmp_path / "run" / "best.pt")["run"]["step"] == 12
@@ -451,14 +451,14 @@ def test_save_every_steps(data, tmp_path, monkeypatch):
 def _nan_loss_at(monkeypatch, bad_steps: set[int]) -> list[int]:
     """Make the training loss non-finite on the given (0-based) calls."""
     calls = []
-    real_loss = charlstm.trainer._loss
+    real_loss = charlstm.training.trainer._loss
 
     def loss(logits, targets):
         calls.append(len(calls))
         value = real_loss(logits, targets)
         return value * float("nan") if calls[-1] in bad_steps else value
 
-    monkeypatch.setattr(charlstm.trainer, "_loss", loss)
+    monkeypatch.setattr(charlstm.training.trainer, "_loss", loss)
     return calls
 
 

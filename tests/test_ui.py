@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from charlstm.cli.ui import fmt_duration, plain_progress_line, run_header, step_numbers
 from charlstm.config import ModelConfig
-from charlstm.progress import RunInfo, StepStats
-from charlstm.ui import fmt_duration, plain_progress_line, run_header, step_numbers
+from charlstm.training.progress import RunInfo, StepStats
 
 
 def stats(**overrides) -> StepStats:
@@ -55,7 +55,7 @@ def test_run_header():
 
 def _render(env_extra: dict) -> str:
     code = (
-        "from charlstm import ui\n"
+        "from charlstm.cli import ui\n"
         "ui.show_table('title', {'key': 'value'})\n"
         "ui.error('something failed')\n"
     )
@@ -76,8 +76,8 @@ def test_no_color_means_no_escape_codes_at_all():
 def test_the_auto_choice_table_names_the_choice_its_reason_and_the_users_options(capsys):
     import torch
 
-    from charlstm.autopreset import choose, parameter_count
-    from charlstm.ui import TrainProgress, auto_choice_lines, auto_choice_table
+    from charlstm.cli.ui import TrainProgress, auto_choice_lines, auto_choice_table
+    from charlstm.training.autopreset import choose, parameter_count
 
     def measure(cfg, vocab_size, device, world_size=1):
         return 4e10 / parameter_count(cfg.num_layers, cfg.hidden_size, cfg.embed_size, 65, False)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
+from charlstm.data.vocab import Vocab, codepoints, smallest_uint
 from charlstm.errors import CharLSTMError
-from charlstm.vocab import Vocab, codepoints, smallest_uint
 
 TEXTS = {
     "ascii": "To be, or not to be: that is the question.\n\tWhether 'tis nobler...  ",

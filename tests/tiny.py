@@ -2,7 +2,7 @@
 step on one thread)."""
 
 from charlstm.config import flag
-from charlstm.progress import NullReporter
+from charlstm.training.progress import NullReporter
 
 # `charlstm.train` keyword arguments of the tiny model, before the ones a test adds
 TINY_KWARGS: dict = dict(preset="tiny", hidden_size=32, embed_size=16, bptt=16, batch_size=4)
@@ -47,9 +47,9 @@ def random_checkpoint(
     which would make checks on the carried state toothless)."""
     import torch
 
-    from charlstm.checkpoint import save_checkpoint
     from charlstm.config import ModelConfig
-    from charlstm.model import CharLSTM
+    from charlstm.model.checkpoint import save_checkpoint
+    from charlstm.model.network import CharLSTM
 
     torch.manual_seed(seed)
     config = ModelConfig(vocab_size=vocab.size, embed_size=16, hidden_size=hidden_size,
@@ -88,8 +88,8 @@ def word_run(root, n_chars: int, *, val_frac: float, **checkpoint_kwargs):
     does; (checkpoint path, data folder)."""
     from pathlib import Path
 
-    from charlstm.prepare import tokenize
-    from charlstm.vocab import Vocab
+    from charlstm.data.prepare import tokenize
+    from charlstm.data.vocab import Vocab
 
     root = Path(root)
     source = root / "corpus.txt"

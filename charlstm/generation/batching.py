@@ -1,0 +1,442 @@
+"""`BatchScheduler`: many generations at once, each one row of a shared `FastLSTMStep` batch.
+
+At batch 1 a step is a matrix-vector product per layer, bounded by how fast the weights can be
+read (sampling.py). At batch B the same read of the weights serves B streams (a matrix-matrix
+product), so B concurrent generations cost little more than one. The scheduler keeps every
+active generation as one row of one batch and runs in rounds:
+
+1. streams that were submitted since the last round join: each prompt runs through the model in
+   one forward pass (shared by the `n` streams of one request) and their (h, c) rows and next-
+   character logits are appended;
+2. one character is sampled for every row (per-row temperature, top-k, top-p: one vectorised
+   pass), decoded, checked against the stream's stop sequences and handed to the listener;
+3. finished and cancelled rows leave, and the remaining rows take one `FastLSTMStep`.
+
+A new request therefore waits at most for the step in progress plus its own prompt's forward
+pass before its first character. Every stream draws its randomness from its own generator
+(seeded by its request), exactly one uniform number per character, consumed by the inverse
+CDF of its row: a seeded request writes the same text whatever else shares the batch.
+
+Plain Python, no HTTP: `submit` requests, then call `step()` yourself or `start()` a worker
+thread that steps while there is work; text arrives through the listener (or `Stream.text`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from charlstm.errors import CharLSTMError, OptionError
+from charlstm.generation.sampling import DTYPES, FastLSTMStep
+
+MAX_SEED = 2**63 - 1
+
+
+class CapacityError(CharLSTMError):
+    """The scheduler already runs as many streams as it may (`max_streams`)."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one stream samples: how many characters at most, temperature (0 is greedy), top-k
+    (0: off), nucleus top-p (1: off), a seed (None: fresh entropy), stop sequences (the text
+    ends before the first one, which is not included)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    def problem(self) -> tuple[str, str] | None:
+        """(field, what is wrong) for the first value out of range, or None."""
+        number = (int, float)
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 0:
+            return "max_tokens", f"max_tokens must be an integer >= 0, got {self.max_tokens!r}"
+        t = self.temperature
+        if not (isinstance(t, number) and math.isfinite(t) and t >= 0):
+            return "temperature", f"temperature must be >= 0 (0 is greedy), got {t!r}"
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            return "top_k", f"top_k must be an integer >= 0 (0 disables it), got {self.top_k!r}"
+        if not (isinstance(self.top_p, number) and 0 < self.top_p <= 1):
+            return "top_p", f"top_p must be in (0, 1] (1 disables it), got {self.top_p!r}"
+        if self.seed is not None and not (
+            isinstance(self.seed, int) and 0 <= self.seed <= MAX_SEED
+        ):
+            return "seed", f"seed must be an integer from 0 to 2^63-1, got {self.seed!r}"
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            return "stop", "stop sequences must be non-empty strings"
+        return None
+
+
+@dataclass(eq=False)
+class Stream:
+    """One generation: the text produced so far, and why it ended (None while running)."""
+
+    request_id: str
+    index: int
+    prompt_ids: np.ndarray
+    params: SamplingParams
+    uniforms: np.ndarray = field(repr=False)  # one per character, from this stream's own RNG
+    decode: Callable = field(repr=False)
+    text: str = ""
+    tokens: int = 0  # characters (ids) sampled so far
+    finish_reason: str | None = None  # "length", "stop", "cancelled", "error"
+    _held: str = field(default="", repr=False)  # may be the start of a stop sequence
+    _holds_slot: bool = field(default=True, repr=False)
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def advance(self, piece: str) -> tuple[str, str | None]:
+        """Take the text of one more character: (text to hand out now, finish reason)."""
+        self.tokens += 1
+        buf = self._held + piece
+        self._held = ""
+        stops = self.params.stop
+        if stops:
+            found = [i for i in (buf.find(s) for s in stops) if i >= 0]
+            if found:
+                out = buf[: min(found)]
+                self.text += out
+                return out, "stop"
+            hold = max((_overlap(buf, s) for s in stops), default=0)
+            if hold:
+                buf, self._held = buf[:-hold], buf[-hold:]
+        if self.tokens >= self.params.max_tokens:
+            buf += self._held  # not the start of a stop after all: the text ends here
+            self._held = ""
+            self.text += buf
+            return buf, "length"
+        self.text += buf
+        return buf, None
+
+
+def _overlap(text: str, stop: str) -> int:
+    """The length of the longest end of `text` that is a proper start of `stop`."""
+    for k in range(min(len(stop) - 1, len(text)), 0, -1):
+        if text.endswith(stop[:k]):
+            return k
+    return 0
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """New text of a stream, and its finish reason when this is its last event."""
+
+    stream: Stream
+    text: str
+    finish_reason: str | None = None
+
+
+def sample_rows(
+    logits: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    uniforms: torch.Tensor,
+) -> torch.Tensor:
+    """One id per row of `logits` (B, V), each row with its own temperature (0: argmax), top-k
+    (0: off), top-p and uniform number in [0, 1): the same distribution as
+    `sampling.filter_logits`, sampled by inverting the row's CDF at its uniform."""
+    greedy = temperature == 0
+    argmax = logits.argmax(-1)
+    if bool(greedy.all()):
+        return argmax
+    V = logits.shape[-1]
+    scaled = logits.float() / torch.where(greedy, 1.0, temperature)[:, None]
+    sorted_logits, order = scaled.sort(-1, descending=True)
+    k = torch.where((top_k > 0) & (top_k < V), top_k, V)
+    kth = sorted_logits.gather(1, (k - 1)[:, None])
+    probs = torch.softmax(sorted_logits.masked_fill(sorted_logits < kth, -math.inf), -1)
+    # nucleus: drop a symbol when the mass before it already reaches top_p (the top one stays)
+    probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p[:, None], 0.0)
+    cdf = probs.cumsum(-1)
+    target = (uniforms * cdf[:, -1])[:, None]
+    pick = torch.searchsorted(cdf, target, right=True).clamp_max_(V - 1)
+    return torch.where(greedy, argmax, order.gather(1, pick)[:, 0])
+
+
+class BatchScheduler:
+    """Generations from one checkpoint, batched: streams join and leave between steps.
+
+    `submit()` and `cancel()` may be called from any thread; `step()` from one thread at a
+    time (the worker of `start()`, or the caller's own loop). `listener(events)` receives
+    each round's `StreamEvent`s, on the stepping thread.
+    """
+
+    def __init__(
+        self,
+        checkpoint,
+        *,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        max_streams: int = 64,
+        listener: Callable[[list[StreamEvent]], None] | None = None,
+    ) -> None:
+        from charlstm.model.checkpoint import Checkpoint, load_checkpoint
+        from charlstm.runtime import resolve_device
+
+        if dtype not in DTYPES:
+            raise OptionError(f"unknown --dtype {dtype!r}", "use fp32 or bf16")
+        if max_streams < 1:
+            raise OptionError(f"--max-streams must be >= 1, got {max_streams}")
+        self.device = resolve_device(device)
+        ckpt = (
+            checkpoint
+            if isinstance(checkpoint, Checkpoint)
+            else load_checkpoint(checkpoint, self.device)
+        )
+        self.checkpoint_path = Path(ckpt.path)
+        self.model = ckpt.model.to(self.device).eval()
+        self.vocab = ckpt.vocab
+        self.max_streams = max_streams
+        self.listener = listener
+        self.steps = 0  # batch steps taken
+        self.error: Exception | None = None  # what stopped the worker's last failed round
+        newline = self.vocab.encode_raw("\n")
+        self._context_only = newline if len(newline) and newline[0] >= 0 else np.zeros(1, np.int64)
+        self._step = FastLSTMStep(self.model, 0, DTYPES[dtype])
+        self._logits = torch.empty(0, self.model.config.vocab_size, device=self.device)
+        self._rows: list[Stream] = []  # the batch, in row order (stepping thread only)
+        self._row_params: tuple[torch.Tensor, ...] | None = None
+        self._pending: list[tuple[Stream, ...]] = []  # submitted groups, not yet joined
+        self._used = 0  # slots held: pending or running streams, not yet finished
+        self._ids = itertools.count()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    # -- requests (any thread) --------------------------------------------------------------
+    def encode_prompt(self, prompt: str) -> np.ndarray:
+        """The prompt's ids; unknown characters raise CharLSTMError naming them."""
+        if not prompt:
+            return np.zeros(0, np.int64)
+        return self.vocab.encode(prompt, what="the prompt", hint="remove them from the prompt")
+
+    @property
+    def active(self) -> int:
+        """Streams holding a slot: submitted or running, not yet finished or cancelled."""
+        return self._used
+
+    def submit(
+        self,
+        prompt: str | np.ndarray,
+        params: SamplingParams | None = None,
+        *,
+        n: int = 1,
+        first_index: int = 0,
+        request_id: str | None = None,
+    ) -> list[Stream]:
+        """Queue `n` generations of `prompt` (text, or ids from `encode_prompt`); they join the
+        batch at the next round. Stream i draws from a generator seeded by (seed, first_index
+        + i), or from fresh entropy without a seed. Raises CapacityError when `n` more streams
+        would exceed `max_streams`."""
+        params = params or SamplingParams()
+        problem = params.problem()
+        if problem is not None:
+            raise OptionError(problem[1])
+        if not isinstance(n, int) or n < 1:
+            raise OptionError(f"n must be >= 1, got {n}")
+        ids = self.encode_prompt(prompt) if isinstance(prompt, str) else np.asarray(prompt)
+        request_id = request_id or f"gen-{next(self._ids)}"
+        streams = []
+        for i in range(first_index, first_index + n):
+            seed = [params.seed, i] if params.seed is not None else None
+            rng = np.random.default_rng(seed)  # None: fresh entropy from the OS
+            streams.append(
+                Stream(
+                    request_id,
+                    i,
+                    ids,
+                    params,
+                    rng.random(params.max_tokens, dtype=np.float32),
+                    self.vocab.stream_decoder(),
+                )
+            )
+        with self._cond:
+            if self._closing:
+                raise CharLSTMError("the scheduler is shut down")
+            if self._used + n > self.max_streams:
+                raise CapacityError(
+                    f"{self._used} of {self.max_streams} streams are running; {n} more do not fit",
+                    "retry when some finish",
+                )
+            self._used += n
+            self._pending.append(tuple(streams))
+            self._cond.notify_all()
+        return streams
+
+    def cancel(self, stream: Stream) -> None:
+        """Stop a stream now: its slot is free at once, its row leaves before the next step."""
+        with self._cond:
+            if stream.finish_reason is None:
+                stream.finish_reason = "cancelled"
+            self._release(stream)
+            self._cond.notify_all()
+
+    def _release(self, stream: Stream) -> None:  # with self._cond held
+        if stream._holds_slot:
+            stream._holds_slot = False
+            self._used -= 1
+
+    # -- stepping (one thread) ---------------------------------------------------------------
+    @torch.no_grad()
+    def step(self) -> list[StreamEvent]:
+        """One round: admit the submitted streams, sample one character for every row, drop
+        the rows that finished, advance the rest by one step. Returns the round's events."""
+        with self._cond:
+            groups, self._pending = self._pending, []
+        events: list[StreamEvent] = []
+        for group in groups:
+            self._admit(group, events)
+        rows = self._rows
+        if rows:
+            params = self._params()
+            uniforms = torch.tensor(
+                [s.uniforms[s.tokens] for s in rows], dtype=torch.float32, device=self.device
+            )
+            ids = sample_rows(self._logits, *params, uniforms)
+            ids_np = ids.cpu().numpy()
+            keep = []
+            finished = []
+            for r, s in enumerate(rows):
+                if s.done:  # cancelled since the last round
+                    continue
+                text, finish = s.advance(s.decode(ids_np[r : r + 1]))
+                if text or finish:
+                    events.append(StreamEvent(s, text, finish))
+                if finish is None:
+                    keep.append(r)
+                else:
+                    finished.append((s, finish))
+            if finished:
+                with self._cond:
+                    for s, finish in finished:
+                        if s.finish_reason is None:  # (unless a cancel came first)
+                            s.finish_reason = finish
+                        self._release(s)
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, dtype=torch.long, device=self.device)
+                self._step.keep(index)
+                ids = ids.index_select(0, index)
+                self._rows = [rows[r] for r in keep]
+                self._row_params = None
+            if self._rows:
+                self._logits = self._step(ids)
+                self.steps += 1
+            else:
+                self._logits = self._logits[:0]
+        if events and self.listener is not None:
+            self.listener(events)
+        return events
+
+    def _admit(self, group: Sequence[Stream], events: list[StreamEvent]) -> None:
+        """Run the group's shared prompt through the model; its live streams join the batch."""
+        live = [s for s in group if not s.done]
+        for s in live:
+            if s.params.max_tokens == 0:
+                with self._cond:
+                    s.finish_reason = "length"
+                    self._release(s)
+                events.append(StreamEvent(s, "", "length"))
+        live = [s for s in live if not s.done]
+        if not live:
+            return
+        ids = group[0].prompt_ids
+        if len(ids) == 0:
+            ids = self._context_only  # a newline as context, as `charlstm sample` starts
+        tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
+        logits, (h, c) = self.model(tokens[:, None])  # the whole prompt in one pass
+        n = len(live)
+        self._step.join((h.expand(-1, n, -1), c.expand(-1, n, -1)))
+        self._logits = torch.cat([self._logits, logits[-1].float().expand(n, -1)])
+        self._rows = self._rows + live
+        self._row_params = None
+
+    def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-row temperature, top-k and top-p tensors (rebuilt when the batch changes)."""
+        if self._row_params is None:
+            p = [s.params for s in self._rows]
+            dev = self.device
+            self._row_params = (
+                torch.tensor([x.temperature for x in p], dtype=torch.float32, device=dev),
+                torch.tensor([x.top_k for x in p], dtype=torch.long, device=dev),
+                torch.tensor([x.top_p for x in p], dtype=torch.float32, device=dev),
+            )
+        return self._row_params
+
+    def run_until_done(self, streams: Sequence[Stream] | None = None) -> None:
+        """Step in this thread until `streams` (default: every stream) have finished."""
+        while True:
+            with self._cond:
+                waiting = (
+                    streams
+                    if streams is not None
+                    else self._rows + [s for g in self._pending for s in g]
+                )
+                if all(s.done for s in waiting) and (streams is not None or not self._pending):
+                    return
+            self.step()
+
+    def generate(self, prompt: str, params: SamplingParams | None = None, n: int = 1) -> list[str]:
+        """Submit and step in this thread until done (no worker): the texts of the n streams."""
+        streams = self.submit(prompt, params, n=n)
+        self.run_until_done(streams)
+        return [s.text for s in streams]
+
+    # -- the worker thread --------------------------------------------------------------------
+    def start(self) -> None:
+        """Step in a daemon thread whenever there is work, until `close()`."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="charlstm-batch", daemon=True)
+            self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._pending and not self._rows:
+                    self._cond.wait()
+                if self._closing:
+                    return
+            try:
+                self.step()
+            except Exception as e:  # a bug: end every stream rather than leave clients waiting
+                self.error = e
+                self._fail_all()
+
+    def _fail_all(self) -> None:
+        with self._cond:
+            groups, self._pending = self._pending, []
+        streams = self._rows + [s for g in groups for s in g]
+        events = []
+        with self._cond:
+            for s in streams:
+                if not s.done:
+                    s.finish_reason = "error"
+                    events.append(StreamEvent(s, "", "error"))
+                self._release(s)
+        self._rows = []
+        self._row_params = None
+        self._step.keep(torch.zeros(0, dtype=torch.long, device=self.device))
+        self._logits = self._logits[:0]
+        if events and self.listener is not None:
+            self.listener(events)
+
+    def close(self) -> None:
+        """Stop the worker thread (running streams stay as they are)."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

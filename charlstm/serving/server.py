@@ -1,0 +1,579 @@
+"""`charlstm serve`: an OpenAI-compatible completions server over a `BatchScheduler`.
+
+`POST /v1/completions` (prompt, max_tokens, temperature, top_p, seed, n, stop, echo, stream as
+server-sent events, stream_options.include_usage; plus charlstm's `top_k`) and `GET /v1/models`
+speak OpenAI's protocol, so the official `openai` client and curl work unchanged; `GET /` is a
+playground page. A token is one character (or one byte, for a byte-level model).
+
+Every generation is one row of the scheduler's shared batch, stepped by its worker thread; the
+event loop only parses requests and writes text. The worker hands each round's text to the loop
+in one call, and a streaming response sends whatever has piled up for it in one write, so the
+HTTP side costs per write, not per character.
+
+Safe by default: 127.0.0.1 unless told otherwise; with an API key, every /v1 request must carry
+it (compared in constant time); limits on body size, prompt length, max_tokens, n and concurrent
+streams, each refused with a 4xx JSON error in OpenAI's shape; a client that goes away frees its
+streams at once. FastAPI and uvicorn are imported only here (the `serve` extra).
+"""
+
+# no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request)
+import asyncio
+import contextlib
+import hmac
+import json
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from charlstm.errors import CharLSTMError, OptionError
+from charlstm.generation.batching import BatchScheduler, CapacityError, SamplingParams, Stream
+
+API_KEY_ENV = "CHARLSTM_API_KEY"
+# fields of OpenAI's completions request we accept (the ones we cannot honour must keep their
+# neutral value); anything else is refused, as OpenAI refuses it, so a typo is never ignored
+FIELDS = {
+    "model", "prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "n", "stop",
+    "stream", "stream_options", "echo", "user", "logprobs", "best_of", "suffix",
+    "presence_penalty", "frequency_penalty", "logit_bias",
+}  # fmt: skip
+MAX_STOP = 4  # OpenAI's limit on stop sequences
+
+
+@dataclass(frozen=True)
+class ServeLimits:
+    """What one request may ask for; beyond it, a 4xx error (413 body, 429 streams, else 400)."""
+
+    max_prompt_chars: int = 8192
+    max_tokens: int = 4096
+    max_n: int = 8  # choices per request (n x prompts)
+    max_body_bytes: int = 256 * 1024
+    max_streams: int = 64  # concurrent streams, all requests together
+
+    def check(self) -> None:
+        for name, value in vars(self).items():
+            if not isinstance(value, int) or value < 1:
+                flag = "--" + name.replace("_", "-")
+                raise OptionError(f"{flag} must be >= 1, got {value}")
+
+
+class APIError(Exception):
+    """A request refused: HTTP status and OpenAI's error object."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = (
+            status, message, param, code, kind,
+        )  # fmt: skip
+
+    def body(self) -> dict:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+@dataclass
+class CompletionRequest:
+    """A parsed, checked completions request."""
+
+    prompts: list[str]
+    params: SamplingParams
+    n: int = 1
+    stream: bool = False
+    echo: bool = False
+    include_usage: bool = False
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _typed(body: dict, name: str, default, check: Callable[[object], bool], kind: str):
+    value = body.get(name)
+    if value is None:
+        return default
+    if not check(value):
+        raise APIError(400, f"{name} must be {kind}, got {json.dumps(value)[:80]}", name)
+    return value
+
+
+def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> CompletionRequest:
+    """Parse and check a completions request body; APIError says what is wrong and where."""
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise APIError(400, f"the body is not valid JSON ({e})") from None
+    if not isinstance(body, dict):
+        raise APIError(400, "the body must be a JSON object")
+    unknown = sorted(set(body) - FIELDS)
+    if unknown:
+        raise APIError(400, f"unrecognized request argument supplied: {unknown[0]}", unknown[0])
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise APIError(400, "model is required: a string, see GET /v1/models", "model")
+    if model != model_name:
+        raise APIError(
+            404,
+            f"the model {model!r} does not exist; this server has {model_name!r}",
+            "model",
+            "model_not_found",
+        )
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        prompts = [prompt]
+    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
+        prompts = prompt
+    else:
+        raise APIError(400, "prompt is required: a string or a non-empty list of strings", "prompt")
+    longest = max(len(p) for p in prompts)
+    if longest > limits.max_prompt_chars:
+        raise APIError(
+            400,
+            f"the prompt has {longest} characters; this server takes at most "
+            f"{limits.max_prompt_chars}",
+            "prompt",
+            "context_length_exceeded",
+        )
+    max_tokens = _typed(body, "max_tokens", 16, _is_int, "an integer")
+    if not 0 <= max_tokens <= limits.max_tokens:
+        raise APIError(
+            400, f"max_tokens must be from 0 to {limits.max_tokens}, got {max_tokens}", "max_tokens"
+        )
+    n = _typed(body, "n", 1, _is_int, "an integer")
+    if not 1 <= n * len(prompts) <= limits.max_n:
+        raise APIError(
+            400,
+            f"n x prompts must be from 1 to {limits.max_n}, got {n} x {len(prompts)}",
+            "n",
+        )
+    stop = body.get("stop")
+    if stop is None:
+        stop = []
+    elif isinstance(stop, str):
+        stop = [stop]
+    if not (isinstance(stop, list) and len(stop) <= MAX_STOP and all(
+            isinstance(s, str) and s for s in stop)):  # fmt: skip
+        raise APIError(
+            400, f"stop must be a non-empty string or a list of up to {MAX_STOP} of them", "stop"
+        )
+    stream = _typed(body, "stream", False, lambda x: isinstance(x, bool), "true or false")
+    echo = _typed(body, "echo", False, lambda x: isinstance(x, bool), "true or false")
+    options = _typed(body, "stream_options", {}, lambda x: isinstance(x, dict), "an object")
+    if options and not stream:
+        raise APIError(400, "stream_options is only allowed with stream: true", "stream_options")
+    if set(options) - {"include_usage"} or not isinstance(
+        options.get("include_usage", False), bool
+    ):
+        raise APIError(400, "stream_options takes only include_usage: true or false",
+                       "stream_options")  # fmt: skip
+    _typed(body, "user", None, lambda x: isinstance(x, str), "a string")
+    # options we cannot honour are accepted only at their neutral value
+    neutral = {
+        "logprobs": lambda x: x is None,
+        "best_of": lambda x: x is None or (_is_int(x) and x == 1),
+        "suffix": lambda x: x is None or x == "",
+        "presence_penalty": lambda x: x is None or (_is_number(x) and x == 0),
+        "frequency_penalty": lambda x: x is None or (_is_number(x) and x == 0),
+        "logit_bias": lambda x: x is None or x == {},
+    }
+    for name, is_neutral in neutral.items():
+        if not is_neutral(body.get(name)):
+            raise APIError(400, f"{name} is not supported by charlstm serve", name)
+    params = SamplingParams(
+        max_tokens=max_tokens,
+        temperature=_typed(body, "temperature", 1.0, _is_number, "a number"),
+        top_k=_typed(body, "top_k", 0, _is_int, "an integer"),
+        top_p=_typed(body, "top_p", 1.0, _is_number, "a number"),
+        seed=_typed(body, "seed", None, _is_int, "an integer"),
+        stop=tuple(stop),
+    )
+    problem = params.problem()
+    if problem is not None:
+        raise APIError(400, problem[1], problem[0])
+    return CompletionRequest(
+        prompts, params, n, stream, echo, bool(options.get("include_usage", False))
+    )
+
+
+def run_name(checkpoint: str | Path) -> str:
+    """The model's name in the API: its run's name (the checkpoint's folder)."""
+    return Path(checkpoint).resolve().parent.name or "charlstm"
+
+
+def playground_html() -> str:
+    return resources.files("charlstm.serving").joinpath("playground.html").read_text("utf-8")
+
+
+def create_app(
+    scheduler: BatchScheduler,
+    *,
+    model_name: str,
+    api_key: str | None = None,
+    limits: ServeLimits | None = None,
+):
+    """The ASGI app (FastAPI) over `scheduler`, whose worker it starts and stops with its
+    lifespan."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+    from starlette.exceptions import HTTPException
+
+    limits = limits or ServeLimits()
+    queues: dict[Stream, asyncio.Queue] = {}
+    loop_box: list[asyncio.AbstractEventLoop] = []
+    created = int(time.time())
+    with contextlib.suppress(OSError):
+        created = int(scheduler.checkpoint_path.stat().st_mtime)
+
+    def dispatch(events) -> None:  # on the event loop: route each round's text to its request
+        for event in events:
+            queue = queues.get(event.stream)
+            if queue is not None:
+                queue.put_nowait(event)
+
+    def listener(events) -> None:  # on the scheduler's worker thread
+        if loop_box:
+            loop_box[0].call_soon_threadsafe(dispatch, events)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        loop_box.append(asyncio.get_running_loop())
+        scheduler.listener = listener
+        scheduler.start()
+        try:
+            yield
+        finally:
+            scheduler.close()
+
+    app = FastAPI(
+        title="charlstm", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, error: APIError):
+        headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
+        return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request, error: HTTPException):  # 404, 405 in the same shape
+        error = APIError(error.status_code, str(error.detail), code=None)
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def _bug(request, error: Exception):
+        error = APIError(500, f"internal error: {type(error).__name__}", kind="server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    def authorize(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise APIError(
+                401,
+                "an API key is required: send the header 'Authorization: Bearer KEY'",
+                code="invalid_api_key",
+            )
+        if not hmac.compare_digest(given.strip().encode(), api_key.encode()):
+            raise APIError(401, "incorrect API key provided", code="invalid_api_key")
+
+    async def read_body(request: Request) -> bytes:
+        too_big = APIError(
+            413,
+            f"the request body is larger than this server's {limits.max_body_bytes} bytes",
+            code="request_too_large",
+        )
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+            raise too_big
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_body_bytes:
+                raise too_big
+        return bytes(body)
+
+    def model_card() -> dict:
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "charlstm"}
+
+    class _EventStream(StreamingResponse):
+        """Server-sent events that free the request's streams however the response ends
+        (finished, or the client disconnected: Starlette then cancels the sending task)."""
+
+        def __init__(self, content, on_close: Callable[[], None]) -> None:
+            headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            super().__init__(content, media_type="text/event-stream", headers=headers)
+            self.on_close = on_close
+
+        async def __call__(self, scope, receive, send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                self.on_close()
+
+    # the page itself needs no key; it is told whether the API does, so that it asks for the
+    # key before calling the API instead of meeting a 401
+    page = playground_html().replace(
+        '<body data-state="loading">',
+        f'<body data-state="loading" data-key-required="{str(api_key is not None).lower()}">',
+    )
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        return HTMLResponse(page)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        authorize(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, request: Request):
+        authorize(request)
+        if name != model_name:
+            raise APIError(404, f"the model {name!r} does not exist", "model", "model_not_found")
+        return model_card()
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        authorize(request)
+        req = parse_completion(await read_body(request), model_name, limits)
+        prompt_ids = []
+        for prompt in req.prompts:
+            try:
+                prompt_ids.append(scheduler.encode_prompt(prompt))
+            except CharLSTMError as e:
+                raise APIError(400, str(e), "prompt") from None
+        cid = f"cmpl-{uuid.uuid4().hex}"
+        queue: asyncio.Queue = asyncio.Queue()
+        streams: list[Stream] = []
+        try:
+            for p, ids in enumerate(prompt_ids):
+                group = scheduler.submit(ids, req.params, n=req.n, first_index=p * req.n,
+                                         request_id=cid)  # fmt: skip
+                for s in group:
+                    queues[s] = queue
+                streams += group
+        except CapacityError as e:
+            release(streams)
+            raise APIError(429, str(e), code="rate_limit_exceeded", kind="requests") from None
+        except CharLSTMError as e:
+            release(streams)
+            raise APIError(400, str(e)) from None
+        job = _Job(cid, int(time.time()), model_name, req, prompt_ids, streams, queue)
+        if req.stream:
+            return _EventStream(job.events(), on_close=lambda: release(streams))
+        try:
+            await _until_done_or_gone(job, request.receive)
+        finally:
+            release(streams)
+        if not all(s.done for s in streams) or any(s.finish_reason == "error" for s in streams):
+            raise APIError(500, "generation failed", kind="server_error")
+        return job.response()
+
+    def release(streams: list[Stream]) -> None:
+        """The request is over (done, or its client gone): free what it still holds."""
+        for s in streams:
+            if not s.done:
+                scheduler.cancel(s)
+            queues.pop(s, None)
+
+    return app
+
+
+async def _until_done_or_gone(job: "_Job", receive) -> None:
+    """Collect a non-streaming request's text; stop early if its client disconnects."""
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    collect = asyncio.ensure_future(job.collect())
+    gone = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait([collect, gone], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (collect, gone):
+            task.cancel()
+
+
+@dataclass
+class _Job:
+    """One completions request in flight: its streams and the queue their text arrives on."""
+
+    id: str
+    created: int
+    model: str
+    request: CompletionRequest
+    prompt_ids: list
+    streams: list[Stream]
+    queue: asyncio.Queue
+
+    def _chunk(self, choices: list[dict], usage: dict | None = None) -> str:
+        data = {"id": self.id, "object": "text_completion", "created": self.created,
+                "model": self.model, "choices": choices}  # fmt: skip
+        if usage is not None:
+            data["usage"] = usage
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def usage(self) -> dict:
+        prompt = sum(len(ids) for ids in self.prompt_ids) * self.request.n
+        completion = sum(s.tokens for s in self.streams)
+        return {"prompt_tokens": prompt, "completion_tokens": completion,
+                "total_tokens": prompt + completion}  # fmt: skip
+
+    def _prompt_of(self, s: Stream) -> str:
+        return self.request.prompts[s.index // self.request.n]
+
+    async def _rounds(self):
+        """Batches of events as they arrive (all that piled up since the last batch)."""
+        waiting = set(self.streams)  # each stream's last event carries its finish_reason
+        while waiting:
+            batch = [await self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            for event in batch:
+                if event.finish_reason is not None:
+                    waiting.discard(event.stream)
+            yield batch
+
+    async def collect(self) -> None:
+        async for _ in self._rounds():
+            pass
+
+    async def events(self):
+        """The server-sent events of a streaming response: text as it comes, one chunk per
+        choice per write, each choice's last chunk with its finish_reason, then [DONE]."""
+        if self.request.echo:
+            yield "".join(
+                self._chunk([_choice(s.index, self._prompt_of(s), None)]) for s in self.streams
+            )
+        async for batch in self._rounds():
+            text: dict[Stream, str] = {}
+            finish: dict[Stream, str] = {}
+            for event in batch:
+                text[event.stream] = text.get(event.stream, "") + event.text
+                if event.finish_reason is not None:
+                    finish[event.stream] = event.finish_reason
+            yield "".join(
+                self._chunk([_choice(s.index, piece, finish.get(s))]) for s, piece in text.items()
+            )
+        if self.request.include_usage:
+            yield self._chunk([], self.usage())
+        yield "data: [DONE]\n\n"
+
+    def response(self) -> dict:
+        choices = []
+        for s in self.streams:
+            text = (self._prompt_of(s) if self.request.echo else "") + s.text
+            choices.append(_choice(s.index, text, s.finish_reason))
+        return {"id": self.id, "object": "text_completion", "created": self.created,
+                "model": self.model, "choices": choices, "usage": self.usage()}  # fmt: skip
+
+
+def _choice(index: int, text: str, finish_reason: str | None) -> dict:
+    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+
+
+def serve_available() -> bool:
+    """Whether the `serve` extra (FastAPI, uvicorn) is installed."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("fastapi", "uvicorn"))
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, reuse_port=False)
+    except OSError as e:
+        raise CharLSTMError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}",
+            "pass another --port (0 picks a free one)" if port else "pass another --host",
+        ) from None
+
+
+def serve(
+    checkpoint,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    limits: ServeLimits | None = None,
+    device: str = "cpu",
+    dtype: str = "fp32",
+    threads: int = 0,
+    on_ready: Callable[[dict], None] | None = None,
+) -> None:
+    """Serve `checkpoint` until SIGINT or SIGTERM; then stop taking connections, give running
+    streams a few seconds to finish, and return. `threads`: torch's CPU threads (0: as is).
+    `on_ready(facts)` is called once the socket listens (facts: url, model, host, port,
+    api_key_required)."""
+    import signal
+    import threading
+
+    if not serve_available():
+        raise CharLSTMError(
+            "charlstm serve needs FastAPI and uvicorn", "pip install 'charlstm[serve]'"
+        )
+    import uvicorn
+
+    limits = limits or ServeLimits()
+    limits.check()
+    if not (isinstance(port, int) and 0 <= port <= 65535):
+        raise OptionError(f"--port must be from 0 to 65535, got {port}")
+    if api_key is not None and not api_key.strip():
+        raise OptionError("--api-key is empty", f"pass a key, or unset {API_KEY_ENV}")
+    if not isinstance(threads, int) or threads < 0:
+        raise OptionError(f"--threads must be >= 0 (0: PyTorch's default), got {threads}")
+    if threads:
+        import torch
+
+        # on a small shared CPU one thread often beats two: no hand-offs, no spinning
+        torch.set_num_threads(threads)
+    scheduler = BatchScheduler(checkpoint, device=device, dtype=dtype,
+                               max_streams=limits.max_streams)  # fmt: skip
+    name = run_name(scheduler.checkpoint_path)
+    app = create_app(scheduler, model_name=name, api_key=api_key, limits=limits)
+    sock = _listen(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=3,
+                            access_log=False, lifespan="on")  # fmt: skip
+    server = uvicorn.Server(config)
+    if on_ready is not None:
+        on_ready({"url": f"http://{shown}:{bound}", "model": name, "host": host, "port": bound,
+                  "api_key_required": api_key is not None})  # fmt: skip
+    # uvicorn catches SIGINT/SIGTERM for its graceful shutdown and afterwards re-raises them
+    # to the handlers it found; these make that re-raise a no-op, so `serve` returns normally
+    main = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: None)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sock.close()
+        scheduler.close()
