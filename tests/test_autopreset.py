@@ -1,6 +1,6 @@
-"""`--preset auto` (charlstm.training.autopreset): the rule on synthetic speed tables (budget and device
-speed move the choice up the ladder, epochs move the dropout), the user's options winning, the
-real measurement on a tiny shape, and the CLI: a run that records its choice and resumes from
+"""`--preset auto` (charlstm.training.autopreset): the rule on synthetic speed tables (budget and
+device speed move the choice up the ladder, epochs move the dropout), the user's options winning,
+the real measurement on a tiny shape, and the CLI: a run that records its choice and resumes from
 its folder alone, and the usage errors."""
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ def assert_clean_failure(result, *words: str, exit_code: int = 1) -> None:
 
 @pytest.fixture(params=["library", "cli"])
 def tokenize_with(request, run_cli):
-    """``tokenize_with(corpus, out, **options)`` through `charlstm.data.prepare.tokenize` or the CLI."""
+    """``tokenize_with(corpus, out, **options)`` through `charlstm.data.prepare.tokenize` or
+    the CLI."""
 
     def run(corpus, out, **options) -> Path:
         if request.param == "library":
@@ -569,7 +570,8 @@ def test_library_failure_is_a_charlstm_error(monkeypatch, tiny_text, out_dir):
 # -- the process around tokenize: no torch, version, help ----------------------------------------
 def test_importing_the_cli_and_prepare_does_not_import_torch():
     code = (
-        "import sys, charlstm, charlstm.cli.app, charlstm.data.prepare, charlstm.data.vocab, charlstm.data.corpus\n"
+        "import sys, charlstm, charlstm.cli.app, charlstm.data.prepare, charlstm.data.vocab\n"
+        "import charlstm.data.corpus\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

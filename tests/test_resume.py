@@ -1,5 +1,5 @@
-"""Resuming from the run folder alone (charlstm.training.trainer's planning of a resumed run): one test
-per kind of difference between what the user types and what the run was — nothing given; the
+"""Resuming from the run folder alone (charlstm.training.trainer's planning of a resumed run): one
+test per kind of difference between what the user types and what the run was — nothing given; the
 data moved; preset or model options given again; batch or bptt given differently; a finished
 run extended — and the exact continuation."""
 

@@ -109,9 +109,9 @@ def fmt_loss(loss: float | None) -> str:
 
 
 class TrainProgress:
-    """Renders the trainer's reports (`charlstm.training.progress.Reporter`): a live bar on a terminal,
-    and elsewhere (a log file, a pipe, CI) a plain line every `line_every_s` seconds that reads
-    like the bar: `step 120/500 (24%) ...` or `1.3/10.0 min ...`, ETA, losses, speed."""
+    """Renders the trainer's reports (`charlstm.training.progress.Reporter`): a live bar on a
+    terminal, and elsewhere (a log file, a pipe, CI) a plain line every `line_every_s` seconds
+    that reads like the bar: `step 120/500 (24%) ...` or `1.3/10.0 min ...`, ETA, losses, speed."""
 
     def __init__(self, quiet: bool = False, line_every_s: float = 10.0) -> None:
         self.quiet = quiet

@@ -211,8 +211,8 @@ def evaluate(
 
     `window=N` bounds every character's context to at most N characters (`window_nats`).
     `dynamic=True` (or a `DynamicSettings`) scores with dynamic evaluation instead: the
-    weights adapt to the text as it is scored (`charlstm.evaluation.dynamic`); the result's `mode` says
-    which, so static and dynamic numbers are never confused. `cache=True` (or a
+    weights adapt to the text as it is scored (`charlstm.evaluation.dynamic`); the result's `mode`
+    says which, so static and dynamic numbers are never confused. `cache=True` (or a
     `CacheSettings`) mixes in a continuous cache of recent hidden states
     (`charlstm.evaluation.continuous_cache`, mode "cache").
 

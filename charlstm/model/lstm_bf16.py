@@ -144,8 +144,8 @@ def _packed_linear(weight: torch.Tensor, batch: int):
 
 class NativeBF16LSTMWindow(torch.autograd.Function):
     """BF16LSTMWindow's function with each step's pointwise work fused into one call of the C
-    cell kernels (charlstm/model/lstm_cell.c): no whole-window gate passes, no fp32 copy of the input
-    projection, the bias gradient summed in fp32 as the steps go."""
+    cell kernels (charlstm/model/lstm_cell.c): no whole-window gate passes, no fp32 copy of the
+    input projection, the bias gradient summed in fp32 as the steps go."""
 
     @staticmethod
     def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh):

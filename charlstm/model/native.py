@@ -1,5 +1,5 @@
-"""The C cell kernels of the bf16 LSTM layer (charlstm/model/lstm_cell.c): built once per machine with
-the system's C compiler, cached, loaded with ctypes.
+"""The C cell kernels of the bf16 LSTM layer (charlstm/model/lstm_cell.c): built once per machine
+with the system's C compiler, cached, loaded with ctypes.
 
 Why C and not torch.compile: a step's pointwise work is ~10 µs of arithmetic, and what costs is
 calling it 256 times a window per layer. A ctypes call costs ~1 µs; a compiled graph's call

@@ -12,8 +12,8 @@ states), so N ranks compute the same gradient as one process with batch B.
 
 Resume: the run folder is the whole truth. `last.pt` holds the run's configuration, the data
 it was trained on (folder and sha256) and its `RunState`; the model and optimizer are built
-from that configuration before anything else (`charlstm.training.plan`), and options given again must
-agree with it, except how long, how often and where (`TrainConfig.resumable()`).
+from that configuration before anything else (`charlstm.training.plan`), and options given again
+must agree with it, except how long, how often and where (`TrainConfig.resumable()`).
 """
 
 from __future__ import annotations
