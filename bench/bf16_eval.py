@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charlstm.evaluation.scoring import evaluate, split_ids
+from charlstm.data.heldout import split_ids
+from charlstm.evaluation.scoring import evaluate
 from charlstm.model.checkpoint import load_checkpoint
 from charlstm.runtime import has_bf16_units, keep_freed_memory
 

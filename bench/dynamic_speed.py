@@ -32,8 +32,9 @@ def main() -> None:
     import torch
 
     import charlstm
+    from charlstm.data.heldout import split_ids
     from charlstm.evaluation.dynamic import DynamicSettings, adapt, load_or_compute_rms
-    from charlstm.evaluation.scoring import split_ids, stream_nats, window_nats
+    from charlstm.evaluation.scoring import stream_nats, window_nats
 
     ckpt = charlstm.load_checkpoint(args.checkpoint, "cpu")
     ids, _, split = split_ids(ckpt, None, "val")

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from charlstm.config import resolve_config
+from charlstm.training.build import build_model, build_optimizer
 from charlstm.training.ema import WeightAverage
-from charlstm.training.trainer import build_model, build_optimizer
 
 
 def best_of(fn, repeats: int) -> float:

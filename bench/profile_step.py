@@ -12,7 +12,7 @@ from torch.profiler import profile
 from charlstm.config import TrainConfig
 from charlstm.model.network import CharLSTM, repackage_state
 from charlstm.runtime import keep_freed_memory
-from charlstm.training.trainer import build_optimizer
+from charlstm.training.build import build_optimizer
 
 keep_freed_memory()
 cfg = TrainConfig()  # small

@@ -21,8 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from charlstm.errors import CharLSTMError
-
-__version__ = "0.1.0"
+from charlstm.version import __version__
 
 # public name -> module that defines it; resolved lazily by __getattr__
 _LAZY = {

@@ -18,7 +18,8 @@ from charlstm.config import TrainConfig
 from charlstm.data.prepare import tokenize
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.model.checkpoint import read_checkpoint
-from charlstm.training.trainer import lr_at, train
+from charlstm.training.schedule import lr_at
+from charlstm.training.trainer import train
 
 # a non-default preset with non-default sizes: a resume that rebuilt the model from the
 # defaults instead of the checkpoint could not load its weights

@@ -9,9 +9,9 @@ import torch
 
 from charlstm.config import ModelConfig, TrainConfig
 from charlstm.model.network import CharLSTM
+from charlstm.training.build import build_optimizer
 from charlstm.training.distributed import Dist
 from charlstm.training.runstate import RunState
-from charlstm.training.trainer import build_optimizer
 
 CPU = torch.device("cpu")
 

@@ -189,7 +189,8 @@ def charlstm_train_chars_per_s(
     from charlstm.config import resolve_config
     from charlstm.evaluation.scoring import stream_count, stream_nats
     from charlstm.model.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
-    from charlstm.training.trainer import planned_evaluations, train
+    from charlstm.training.schedule import planned_evaluations
+    from charlstm.training.trainer import train
 
     run = workdir / f"train-{preset}"
     result = train(

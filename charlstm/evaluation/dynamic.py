@@ -135,7 +135,7 @@ def load_or_compute_rms(ckpt, data=None, device=None) -> tuple[dict[str, torch.T
     import torch
 
     from charlstm.atomic import atomic_open
-    from charlstm.evaluation.scoring import split_ids
+    from charlstm.data.heldout import split_ids
 
     key = weights_sha256(ckpt.model)
     path = stats_path(ckpt.path) if ckpt.path is not None else None

@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charlstm import __version__
 from charlstm.errors import CharLSTMError
+from charlstm.version import __version__
 
 FORMATS = ("onnx", "web")
 EXPORT_FORMAT = "charlstm-export"

@@ -196,10 +196,10 @@ def generate(
     prime_ids = start_ids
     state = None
     if adapt is not None:
+        from charlstm.data.heldout import encode_text_file
         from charlstm.evaluation.dynamic import adapted_model
-        from charlstm.evaluation.scoring import _encode_text_file
 
-        doc, _ = _encode_text_file(Path(adapt), vocab, "error")
+        doc, _ = encode_text_file(Path(adapt), vocab, "error")
         if len(doc) < 2:
             raise CharLSTMError(f"--adapt {adapt} has fewer than 2 characters", "give it text")
         model, state = adapted_model(ckpt, doc, adapt_settings, data=data)

@@ -500,7 +500,7 @@ def _check_limit(limit: int | None) -> int:
 
 def _text_ids(ckpt, text, file, unknown, limit, name) -> tuple[np.ndarray, int, str]:
     """Ids of a given text (a string, or a file read exactly as `charlstm eval --text` does)."""
-    from charlstm.evaluation.scoring import _encode_text_file
+    from charlstm.data.heldout import encode_text_file
 
     if file is not None:
         path = Path(file)
@@ -511,7 +511,7 @@ def _text_ids(ckpt, text, file, unknown, limit, name) -> tuple[np.ndarray, int, 
                 f"{path} is {path.stat().st_size:,} bytes, more than --limit {limit:,} characters",
                 f"pass a larger --limit, or cut the text (e.g. head -c {limit} {path})",
             )
-        ids, skipped = _encode_text_file(path, ckpt.vocab, unknown)
+        ids, skipped = encode_text_file(path, ckpt.vocab, unknown)
         source = str(path)
     else:
         content = ckpt.vocab.normalize_text(text)
@@ -540,7 +540,7 @@ def _text_ids(ckpt, text, file, unknown, limit, name) -> tuple[np.ndarray, int, 
 
 def _excerpt_ids(ckpt, data, split, count) -> tuple[np.ndarray, str]:
     """The first `count` ids of a split of the run's data (or of `data`)."""
-    from charlstm.evaluation.scoring import split_ids
+    from charlstm.data.heldout import split_ids
 
     ids, folder, split = split_ids(ckpt, data, split, instead="a TEXT file to inspect")
     if len(ids) < 2:

@@ -212,7 +212,7 @@ def measure_chars_per_s(
     streams, so the rate counts all of them."""
     from charlstm.model.network import repackage_state
     from charlstm.runtime import autocast, autocast_dtype
-    from charlstm.training.trainer import build_model, build_optimizer
+    from charlstm.training.build import build_model, build_optimizer
 
     begun = time.perf_counter()
     model_config = cfg.model_config(vocab_size)

@@ -36,14 +36,9 @@ from charlstm.errors import CharLSTMError, OptionError
 from charlstm.evaluation.scoring import metrics_from_nats, stream_count, stream_nats
 from charlstm.model.checkpoint import read_checkpoint, save_checkpoint
 from charlstm.model.network import CharLSTM, repackage_state
-from charlstm.runtime import (
-    autocast,
-    autocast_dtype,
-    keep_freed_memory,
-    lstm_kernel,
-    resolve_device,
-)
+from charlstm.runtime import autocast, autocast_dtype, resolve_device
 from charlstm.training import autopreset, distributed
+from charlstm.training.build import build_model, build_optimizer
 from charlstm.training.ema import WeightAverage
 from charlstm.training.plan import (
     LENGTHS,
@@ -66,6 +61,7 @@ from charlstm.training.progress import (
 )
 from charlstm.training.rundir import BEST, CURVES, LAST, METRICS, RUN_FILES, RunDir, disk_full_error
 from charlstm.training.runstate import RunState
+from charlstm.training.schedule import due, lr_at, total_steps
 
 __all__ = ["EvalStats", "NullReporter", "Reporter", "RunInfo", "StepStats", "TrainResult", "train"]
 
@@ -161,84 +157,6 @@ def _choose_auto(overrides: dict, dataset: Dataset, device, dist, reporter: Repo
     else:  # a Reporter written before auto existed
         reporter.message(choice.reason)
     return choice
-
-
-# -- schedule, optimizer, cadence ------------------------------------------------------------
-def lr_at(cfg: TrainConfig, step: int, progress: float, total: int | None = None) -> float:
-    """Linear warm-up over `warmup_steps` (at most a tenth of a run of `total` steps), then
-    cosine decay to lr * min_lr_ratio as `progress` (fraction of the run done, by steps or by
-    time) goes from 0 to 1.
-
-    The schedule is a function of progress through the run's length, so extending a run
-    (`--resume --steps` more, or `--time-budget` minutes more) re-lays the cosine over the new
-    length: the learning rate continues from where the longer schedule stands at this point
-    (a warm restart; warm-up is not repeated past its steps).
-    """
-    warmup = cfg.warmup_steps if total is None else min(cfg.warmup_steps, total // 10)
-    if step < warmup:
-        return cfg.lr * (step + 1) / warmup
-    p = min(max(progress, 0.0), 1.0)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
-
-
-def total_steps(cfg: TrainConfig, per_epoch: int) -> int | None:
-    """Steps in the run (None: bounded by time); no length given means one epoch."""
-    if cfg.steps is not None:
-        return cfg.steps
-    if cfg.time_budget_min is not None:
-        return None
-    return max(1, math.ceil((cfg.epochs or 1) * per_epoch))
-
-
-def due(step: int, every_steps: int | None, every_min: float | None, since_s: float) -> bool:
-    """Whether a cadence (every N steps, or every M minutes since it last fired) fires now."""
-    if every_steps is not None and step % every_steps == 0:
-        return True
-    return every_min is not None and since_s >= every_min * 60
-
-
-def planned_evaluations(cfg: TrainConfig, steps_per_s: float, seconds: float) -> int:
-    """How many validations a run of `cfg` makes in `seconds` at `steps_per_s`: the periodic
-    ones of its cadence and the final one (for the benchmark's overhead figure)."""
-    total = total_steps(cfg, 10**9)
-    every_steps, every_min = cfg.eval_every_parsed(total)
-    count, last = 1, 0.0
-    for step in range(1, int(steps_per_s * seconds) + 1):
-        now = step / steps_per_s
-        if step != total and due(step, every_steps, every_min, now - last):
-            count, last = count + 1, now
-    return count
-
-
-def build_model(model_config, precision: str, device: torch.device) -> CharLSTM:
-    """A CharLSTM on `device` set up to train as `train` does: the LSTM kernel `precision` picks
-    there, and on a CPU glibc keeping freed blocks (charlstm.runtime.keep_freed_memory)."""
-    model = CharLSTM(model_config).to(device)
-    model.lstm_kernel = lstm_kernel(device, precision, model_config.hidden_size)
-    if device.type == "cpu":
-        keep_freed_memory()
-    return model
-
-
-def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device) -> torch.optim.Optimizer:
-    """AdamW that decays weight matrices only (biases and the embedding table are left alone)."""
-    decay, no_decay, seen = [], [], set()
-    for name, p in model.named_parameters():
-        if id(p) in seen:  # tied weights appear twice
-            continue
-        seen.add(id(p))
-        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
-    return torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(0.9, 0.99),
-        # one fused kernel per tensor on CUDA and CPU (2x512 on 2 cores: 1.7 ms a step
-        # against 9.0 ms for the multi-tensor path, 13.4 ms one tensor at a time)
-        fused=True if torch.device(device).type in ("cuda", "cpu") else None,
-    )
 
 
 class _Interrupt:
