@@ -519,3 +519,26 @@ def test_a_reader_that_stops_early_ends_sampling_quietly(run):
     proc.stdout.close()  # like `| head -c 50`
     assert proc.wait(timeout=60) == 141
     assert proc.stderr.read() == b""
+
+
+def _command_paths(group=None, prefix=()):
+    """Every command of `charlstm`, as its words (`("corpus", "get")`), groups included."""
+    import typer
+
+    group = group or typer.main.get_command(charlstm.cli.app.app)
+    yield prefix
+    for name, sub in getattr(group, "commands", {}).items():
+        yield from _command_paths(sub, (*prefix, name))
+
+
+@pytest.mark.parametrize("words", list(_command_paths()), ids=lambda w: " ".join(w) or "charlstm")
+def test_every_help_renders_at_80_columns_without_type_noise(words):
+    result = CliRunner().invoke(
+        charlstm.cli.app.app, [*words, "--help"], env={"COLUMNS": "80", "TERM": "xterm"}
+    )
+    assert result.exit_code == 0, result.output
+    text = result.stdout
+    assert "Usage:" in text and "<bool>" not in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+    if words and words != ("corpus",):
+        assert "Example" in text, f"charlstm {' '.join(words)} --help shows no example"

@@ -1,0 +1,61 @@
+"""`charlstm bench`: speed against this machine's own limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from charlstm.cli import ui
+from charlstm.cli.io import choices, emit, run
+from charlstm.config import PRESETS
+
+app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
+
+
+@app.command(
+    epilog="Examples:  charlstm bench  ·  charlstm bench --quick --json > bench.json  ·  "
+    "charlstm bench --section sample --section train --preset small",
+)
+def bench(
+    preset: Annotated[
+        list[choices("Preset", PRESETS)] | None,  # type: ignore[valid-type]
+        typer.Option(help="Presets whose training speed to measure (repeat the option)."),
+    ] = None,
+    section: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only these sections (repeat the option): limits, tokenize, train, eval, "
+            "sample, memory."
+        ),
+    ] = None,
+    corpus_mb: Annotated[int, typer.Option(help="Size of the generated big text (MB).")] = 100,
+    workdir: Annotated[
+        Path | None, typer.Option(help="Scratch folder. Default: <tmp>/charlstm-bench.")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="A trained small-preset checkpoint for the eval/sample sections."),
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="Shorter timings, fewer presets.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+) -> None:
+    """Measure charlstm against this machine's own limits (matmul, memory bandwidth)."""
+    import json
+
+    from charlstm.benchmark.suite import run_bench
+
+    report = run(
+        run_bench,
+        presets=[p.value for p in preset] if preset else None,
+        corpus_mb=corpus_mb,
+        workdir=workdir,
+        quick=quick,
+        sections=set(section) if section else None,
+        checkpoint=checkpoint,
+        progress=ui.info,
+    )
+    ui.show_bench(report)
+    if json_out:
+        emit(json.dumps(report.to_dict(), indent=2) + "\n")

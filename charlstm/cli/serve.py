@@ -1,0 +1,66 @@
+"""`charlstm serve`: the OpenAI-compatible HTTP server over a checkpoint."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from charlstm.cli import ui
+from charlstm.cli.io import run
+from charlstm.cli.options import CheckpointArg, DeviceOption, SampleDtype
+
+app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
+
+
+@app.command(
+    epilog="Examples:  charlstm serve checkpoints/tinyshakespeare-small/best.pt  (then open "
+    "http://127.0.0.1:8000/)  ·  charlstm serve run/best.pt --port 0 --api-key s3cret  ·  "
+    "curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' -d "
+    '\'{"model": "RUN", "prompt": "ROMEO:", "max_tokens": 200}\'',
+)
+def serve(
+    checkpoint: CheckpointArg,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0 opens it to the network).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on (0: any free one).")] = 8000,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="CHARLSTM_API_KEY",
+            help="Require 'Authorization: Bearer KEY' on every API request.",
+            show_default=False,
+        ),
+    ] = None,
+    max_streams: Annotated[
+        int, typer.Option(help="Concurrent streams (all requests; more get a 429).")
+    ] = 64,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 4096,
+    max_n: Annotated[int, typer.Option(help="Most choices per request (n x prompts).")] = 8,
+    max_prompt_chars: Annotated[int, typer.Option(help="Longest prompt, in characters.")] = 8192,
+    max_body_bytes: Annotated[
+        int, typer.Option(help="Largest request body (a bigger one gets a 413).")
+    ] = 256 * 1024,
+    dtype: Annotated[
+        SampleDtype, typer.Option(help="Weight precision for generation (bf16 reads half).")
+    ] = SampleDtype.fp32,
+    threads: Annotated[
+        int, typer.Option(help="CPU threads for the model (0: PyTorch's default).")
+    ] = 0,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Serve a checkpoint over HTTP with OpenAI's API and a playground page.
+
+    The openai client and curl work unchanged; concurrent requests share one batch."""
+    from charlstm.serving.server import ServeLimits, serve_available
+    from charlstm.serving.server import serve as serve_checkpoint
+
+    if not serve_available():
+        ui.error("charlstm serve needs FastAPI and uvicorn: pip install 'charlstm[serve]'")
+        raise typer.Exit(1)
+    limits = ServeLimits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_n=max_n,
+                         max_body_bytes=max_body_bytes, max_streams=max_streams)  # fmt: skip
+    run(serve_checkpoint, checkpoint, host=host, port=port, api_key=api_key, limits=limits,
+         device=device, dtype=dtype.value, threads=threads, on_ready=ui.show_serving)  # fmt: skip
+    ui.info("stopped")
