@@ -53,13 +53,19 @@ def main() -> None:
                     average.update()
             return loss, ok
 
-        def _record(self, record: dict) -> None:
-            if record["kind"] == "eval":
-                for key, average in self.extra:
-                    with average.applied():
-                        record[key] = self.validate_weights()
-                ui.console.print(json.dumps(record))
-            super()._record(record)
+        def start(self, resumed):
+            record = self.writer.record
+
+            def with_extra(entry: dict) -> None:
+                if entry["kind"] == "eval":
+                    for key, average in self.extra:
+                        with average.applied():
+                            entry[key] = self.validator.loss(self.model)
+                    ui.console.print(json.dumps(entry))
+                record(entry)
+
+            self.writer.record = with_extra
+            return super().start(resumed)
 
     trainer_module.Trainer = Sweep  # train() builds its Trainer by this name
     result = trainer_module.train(

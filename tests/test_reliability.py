@@ -217,7 +217,7 @@ def test_lock_of_a_killed_process_does_not_stick(data, tmp_path):
 
 
 def test_nan_guard_skips_bad_steps_then_stops_with_files_untouched(data, tmp_path, monkeypatch):
-    import charlstm.training.trainer as trainer
+    import charlstm.training.step as trainer
 
     run = tmp_path / "run"
     kw = dict(**TINY_KWARGS, seed=1, eval_every=10)
@@ -272,10 +272,10 @@ def test_not_enough_disk_is_refused_before_training(data, tmp_path, monkeypatch)
 
 
 def test_interrupt_handler_restores_signals():
-    from charlstm.training.trainer import _Interrupt
+    from charlstm.training.interrupt import Interrupt
 
     before = signal.getsignal(signal.SIGINT)
-    with _Interrupt() as interrupt:
+    with Interrupt() as interrupt:
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(0.01)
         assert interrupt.requested

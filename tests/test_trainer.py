@@ -14,7 +14,8 @@ import pytest
 import torch
 from tiny import TINY_KWARGS, word_text
 
-import charlstm.training.trainer
+import charlstm.training.step
+import charlstm.training.writer
 from charlstm.data.prepare import tokenize
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.evaluation.scoring import evaluate
@@ -157,7 +158,7 @@ def test_hidden_state_is_carried_between_windows(tmp_path, monkeypatch):
     def reset(state):
         return tuple(torch.zeros_like(s) for s in state)
 
-    monkeypatch.setattr(charlstm.training.trainer, "repackage_state", reset)
+    monkeypatch.setattr(charlstm.training.step, "repackage_state", reset)
     train(folder, tmp_path / "reset", **options)
     reset_loss = records(tmp_path / "reset", "train")[-1]["train_loss"]
 
@@ -209,7 +210,7 @@ def test_each_window_starts_from_the_last_ones_detached_state(data, tmp_path, mo
 def finished_run(data, tmp_path_factory):
     """A 30-step run, with every payload the trainer saved captured on its way to disk."""
     saved = []
-    real_save = charlstm.training.trainer.save_checkpoint
+    real_save = charlstm.training.writer.save_checkpoint
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
 
@@ -218,7 +219,7 @@ def finished_run(data, tmp_path_factory):
         real_save(payload, path)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(charlstm.training.trainer, "save_checkpoint", capture)
+        mp.setattr(charlstm.training.writer, "save_checkpoint", capture)
         run = tmp_path_factory.mktemp("finished") / "run"
         result = train(data, run, steps=30, **TINY)
     torch.set_num_threads(threads)
@@ -436,13 +437,13 @@ def test_time_budget_stops_the_run_and_still_evaluates(data, tmp_path):
 
 def test_save_every_steps(data, tmp_path, monkeypatch):
     saves = []
-    real_save = charlstm.training.trainer.save_checkpoint
+    real_save = charlstm.training.writer.save_checkpoint
 
     def spy(payload, path):
         saves.append((Path(path).name, payload["run"]["step"]))
         real_save(payload, path)
 
-    monkeypatch.setattr(charlstm.training.trainer, "save_checkpoint", spy)
+    monkeypatch.setattr(charlstm.training.writer, "save_checkpoint", spy)
     train(data, tmp_path / "run", steps=12, save_every="5", **{**TINY, "eval_every": 1000})
     assert saves == [("last.pt", 5), ("last.pt", 10), ("last.pt", 12)]
     assert read_checkpoint(tmp_path / "run" / "best.pt")["run"]["step"] == 12
@@ -451,14 +452,14 @@ def test_save_every_steps(data, tmp_path, monkeypatch):
 def _nan_loss_at(monkeypatch, bad_steps: set[int]) -> list[int]:
     """Make the training loss non-finite on the given (0-based) calls."""
     calls = []
-    real_loss = charlstm.training.trainer._loss
+    real_loss = charlstm.training.step._loss
 
     def loss(logits, targets):
         calls.append(len(calls))
         value = real_loss(logits, targets)
         return value * float("nan") if calls[-1] in bad_steps else value
 
-    monkeypatch.setattr(charlstm.training.trainer, "_loss", loss)
+    monkeypatch.setattr(charlstm.training.step, "_loss", loss)
     return calls
 
 

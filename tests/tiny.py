@@ -78,7 +78,7 @@ class InterruptAt(NullReporter):
 
         if stats.step == self.at:
             handler = signal.getsignal(signal.SIGINT)
-            assert getattr(handler, "__self__", None).__class__.__name__ == "_Interrupt"
+            assert getattr(handler, "__self__", None).__class__.__name__ == "Interrupt"
             os.kill(os.getpid(), signal.SIGINT)
 
 

@@ -1,0 +1,44 @@
+"""Validation during training: the exact full-stream loss of the whole val split with carried
+state (the number `charlstm eval` gives), its streams sharded over ranks under torchrun."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from charlstm.evaluation.scoring import metrics_from_nats, stream_count, stream_nats
+from charlstm.training.distributed import Dist
+from charlstm.training.runstate import RunState
+
+
+class Validator:
+    """Scores a model on the val split: `streams` contiguous streams side by side."""
+
+    def __init__(self, val_ids: np.ndarray, batch_size: int, device, amp_dtype, dist: Dist):
+        self.val_ids, self.device, self.amp_dtype, self.dist = val_ids, device, amp_dtype, dist
+        self.streams = stream_count(len(val_ids), batch_size)
+
+    def loss(self, model: torch.nn.Module) -> float:
+        """Exact full-stream val loss (nats/char) of the model's weights as they are; each rank
+        scores its share of the streams and the sums are all-reduced."""
+        per_rank = -(-self.streams // self.dist.world_size)
+        lo = min(self.streams, self.dist.rank * per_rank)
+        hi = min(self.streams, lo + per_rank)
+        nats, count = stream_nats(
+            model, self.val_ids, self.streams, self.device, self.amp_dtype, shard=(lo, hi)
+        )
+        # float64 sums on the CPU (no float64 on Apple's MPS), on the GPU only for NCCL
+        where = self.device if self.dist.enabled else "cpu"
+        totals = self.dist.all_reduce_sum(
+            torch.tensor([nats, float(count)], dtype=torch.float64, device=where)
+        )
+        return metrics_from_nats(float(totals[0]), int(totals[1]))[0]
+
+    def run_losses(self, state: RunState) -> tuple[float, dict]:
+        """The run's val loss (of the averaged weights with --ema) and, with --ema, the trained
+        weights' too (`{"trained_val_loss": ...}`): whether averaging pays shows in every run."""
+        if state.ema is None:
+            return self.loss(state.model), {}
+        with state.ema.applied():
+            averaged = self.loss(state.model)
+        return averaged, {"trained_val_loss": self.loss(state.model)}
