@@ -7,7 +7,7 @@ The library API (every CLI command is a thin layer over one of these)::
     run = charlstm.train(data.out, out="checkpoints/demo", steps=200)
     charlstm.evaluate("checkpoints/demo/best.pt")
     charlstm.generate("checkpoints/demo/best.pt", prime="ROMEO:", length=200)
-    charlstm.inspect_text("checkpoints/demo/best.pt", "ROMEO: \"Hark!\"").bits
+    charlstm.inspect_text("checkpoints/demo/best.pt", "ROMEO: Hark, what light!").bits
     charlstm.export_web("checkpoints/demo/best.pt", out="demo-web")   # or export_onnx
 
 Heavy modules (torch) load on first use, so ``import charlstm`` stays fast. The modules are

@@ -94,7 +94,7 @@ app = typer.Typer(
     name="charlstm",
     help="Character-level language modeling with multi-layer LSTMs: tokenize, train, eval, sample.",
     epilog="Example:  charlstm train --time-budget 10  then  charlstm sample "
-    "checkpoints/tinyshakespeare-small/best.pt --prime 'ROMEO:'",
+    "checkpoints/tinyshakespeare-auto/best.pt --prime 'ROMEO:'",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": HELP_OPTIONS},

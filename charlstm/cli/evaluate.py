@@ -27,7 +27,7 @@ _CACHE = CacheSettings()  # ... and the --cache-* options
 
 @app.command(
     name="eval",
-    epilog="Examples:  charlstm eval checkpoints/tinyshakespeare-small/best.pt  ·  charlstm eval "
+    epilog="Examples:  charlstm eval checkpoints/tinyshakespeare-auto/best.pt  ·  charlstm eval "
     "run/best.pt --text notes.txt --unknown skip --json",
 )
 def eval_(

@@ -22,9 +22,9 @@ class ExportFormat(str, Enum):
 
 @app.command(
     name="export",
-    epilog="Examples:  charlstm export checkpoints/ts10/best.pt --format web --out ts10-web  "
-    "(then open ts10-web/index.html)  ·  charlstm export run/best.pt --format onnx --out "
-    "run-onnx  (then python examples/onnx_sample.py run-onnx --prime 'ROMEO:')",
+    epilog="Examples:  charlstm export checkpoints/tinyshakespeare-auto/best.pt --format web "
+    "--out ts-web  (then open ts-web/index.html)  ·  charlstm export run/best.pt --format onnx "
+    "--out run-onnx  (then python examples/onnx_sample.py run-onnx --prime 'ROMEO:')",
 )
 def export_(
     checkpoint: CheckpointArg,

@@ -15,7 +15,7 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
 
 @app.command(
-    epilog="Examples:  charlstm sample checkpoints/tinyshakespeare-small/best.pt --prime "
+    epilog="Examples:  charlstm sample checkpoints/tinyshakespeare-auto/best.pt --prime "
     "'ROMEO:' --length 300 --temperature 0.8 --seed 1  ·  charlstm sample run/best.pt "
     "--num-samples 4 --top-p 0.9 --json  ·  charlstm sample run/best.pt --output samples.txt",
 )

@@ -25,9 +25,9 @@ class InspectView(str, Enum):
 
 @app.command(
     name="inspect",
-    epilog="Examples:  charlstm inspect checkpoints/tinyshakespeare-small/best.pt  ·  charlstm "
+    epilog="Examples:  charlstm inspect checkpoints/tinyshakespeare-auto/best.pt  ·  charlstm "
     "inspect run/best.pt notes.txt --html notes.html  ·  charlstm inspect run/best.pt --prime "
-    "'ROMEO: (aside) \"Hark!\"' --view neurons --neuron 1:42  ·  charlstm inspect "
+    "'KING RICHARD III:' --view neurons --neuron 1:42  ·  charlstm inspect "
     "run/best.pt --against run/early.pt --view compare",
 )
 def inspect_(

@@ -15,7 +15,7 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
 
 @app.command(
-    epilog="Examples:  charlstm report checkpoints/tinyshakespeare-small  ·  charlstm report "
+    epilog="Examples:  charlstm report checkpoints/tinyshakespeare-auto  ·  charlstm report "
     "run --png curves.png",
 )
 def report(
@@ -43,7 +43,7 @@ def report(
 
 
 @app.command(
-    epilog="Examples:  charlstm info checkpoints/tinyshakespeare-small/best.pt  ·  "
+    epilog="Examples:  charlstm info checkpoints/tinyshakespeare-auto/best.pt  ·  "
     "charlstm info run/last.pt --json | jq .best_val",
 )
 def info(

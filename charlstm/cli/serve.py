@@ -14,7 +14,7 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
 
 @app.command(
-    epilog="Examples:  charlstm serve checkpoints/tinyshakespeare-small/best.pt  (then open "
+    epilog="Examples:  charlstm serve checkpoints/tinyshakespeare-auto/best.pt  (then open "
     "http://127.0.0.1:8000/)  ·  charlstm serve run/best.pt --port 0 --api-key s3cret  ·  "
     "curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' -d "
     '\'{"model": "RUN", "prompt": "ROMEO:", "max_tokens": 200}\'',
