@@ -49,7 +49,7 @@ STATS_FORMAT = "charlstm-gradstats"
 @dataclass(frozen=True)
 class DynamicSettings:
     """Hyperparameters of dynamic evaluation; the defaults were tuned on tiny shakespeare's
-    val split (README) and are meant to be kept across corpora."""
+    val split (bench/RESULTS.md) and are meant to be kept across corpora."""
 
     segment: int = 20  # characters scored between two weight updates
     lr: float = 6e-5  # eta: the step, in units of each weight's RMS training gradient

@@ -5,8 +5,9 @@ vocabulary and the LSTM kernel `--precision` picks (`charlstm.runtime.lstm_kerne
 predicts how many characters the budget shows each shape, and the rule below turns that into a
 choice. The candidates and the constants of the rule live here and only here.
 
-The rule, from the measured tables in bench/RESULTS.md ("Hidden size and depth at equal wall
-time", "The confirmation run"; 2 CPU cores, tiny shakespeare, 10 minutes), where a shape's
+The rule, from the measured tables in bench/RESULTS.md ("Which hidden size and depth at equal
+wall time", "What does small reach in 10 minutes with fp32"; 2 CPU cores, tiny shakespeare, 10
+minutes), where a shape's
 characters seen per parameter decided whether it kept up with `small`:
 
     shape    params  chars seen  chars/param  val loss (mean of seeds)
@@ -57,10 +58,10 @@ MEASURE_CAP_SHARE = 0.05
 #: overfitting. The boundary at 8 epochs lies between the two measurements. Past it, AdamW weight
 #: decay 0.3 beat the default 0.01 at auto's 10-minute compute (2x640, dropout 0.3, 9.4 epochs:
 #: best val 1.3935 / 1.3894 against 1.4199 / 1.4076 at two seeds; 0.1 and 1.0 gain less;
-#: "Weight decay and the schedule floor" in RESULTS). Assumed, not measured here: <= 1 epoch ->
-#: dropout 0.0 (no character is seen twice, so there is nothing to overfit; the practice of
-#: single-epoch language-model training), and the last band beyond ~16 epochs as well (the
-#: `large` preset's dropout; AWD-LSTM uses 0.4 and more over hundreds of epochs of PTB).
+#: "Which weight decay at auto's 10-minute compute" in RESULTS). Assumed, not measured here:
+#: <= 1 epoch -> dropout 0.0 (no character is seen twice, so there is nothing to overfit; the
+#: practice of single-epoch language-model training), and the last band beyond ~16 epochs as
+#: well (the `large` preset's dropout; AWD-LSTM uses 0.4 and more over hundreds of epochs of PTB).
 REGULARISATION_BY_EPOCHS: tuple[tuple[float, float, float], ...] = (
     (1.0, 0.0, 0.01),
     (8.0, 0.1, 0.01),

@@ -115,8 +115,9 @@ SHAPE_FIELDS = ("num_layers", "hidden_size")
 def default_preset(given: dict) -> str:
     """The preset of a new run that names none. On a CPU with a time budget and no shape
     given, `auto`: it beat `small` at 10 minutes by 0.020-0.022 nats/char at two seeds, more
-    than the seed noise (bench/RESULTS.md, "A second seed"). Otherwise the device's fixed
-    default, `small` on a CPU, `medium` on a GPU (auto is not measured on GPUs yet)."""
+    than the seed noise (bench/RESULTS.md, "Does auto beat small at 10 minutes at a second
+    seed"). Otherwise the device's fixed default, `small` on a CPU, `medium` on a GPU (auto is
+    not measured on GPUs yet)."""
     device = given.get("device") or "auto"
     on_cpu = device == "cpu" or (device == "auto" and resolve_device("auto").type == "cpu")
     sized = given.get("time_budget_min") is not None and not any(
