@@ -1,5 +1,5 @@
-"""How faithful and how fast the exports of a checkpoint are (the figures in the README's
-`charlstm export` section).
+"""How faithful and how fast the exports of a checkpoint are (the figures in docs/export.md
+and bench/RESULTS.md).
 
     python bench/export_bench.py checkpoints/ts10/best.pt            # ~1 minute for `small`
     python bench/export_bench.py run/best.pt --chars 300 --json

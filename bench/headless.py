@@ -4,7 +4,7 @@ uncaught exceptions and network requests, and screenshot views selected by the U
 One browser process serves every view (seconds, not one launch per screenshot). The protocol
 runs over `--remote-debugging-pipe`: Chromium reads NUL-terminated JSON commands on fd 3 and
 writes replies and events on fd 4, so no port is opened. Used by tests/test_inspection_html.py
-(the page must run clean in a real browser) and bench/inspect_screenshots.py (README images).
+(the page must run clean in a real browser) and bench/inspect_screenshots.py (the docs' images).
 """
 
 from __future__ import annotations

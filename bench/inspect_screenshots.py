@@ -1,4 +1,4 @@
-"""Render the README's `charlstm inspect` screenshots: the surprisal view (with the hover
+"""Render docs/inspect.md's `charlstm inspect` screenshots: the surprisal view (with the hover
 details of a surprising character) and one neuron view, as PNGs taken by headless Chromium.
 
     python bench/inspect_screenshots.py checkpoints/ts10/best.pt docs/

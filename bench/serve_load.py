@@ -1,4 +1,4 @@
-"""Load test of `charlstm serve` on 127.0.0.1: what batching buys (the figures in the README).
+"""Load test of `charlstm serve` on 127.0.0.1: what batching buys (docs/serve.md's figures).
 
     python bench/serve_load.py                          # random-weights `small` model, ~1 min
     python bench/serve_load.py --checkpoint run/best.pt --clients 32 --seconds 8

@@ -1,4 +1,4 @@
-"""The README's picture of the `charlstm serve` playground: serve a checkpoint on 127.0.0.1,
+"""docs/serve.md's picture of the `charlstm serve` playground: serve a checkpoint on 127.0.0.1,
 open the page in headless Chromium, generate, screenshot.
 
     python bench/serve_screenshot.py CHECKPOINT [--out docs/serve-playground.png]

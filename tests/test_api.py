@@ -1,4 +1,4 @@
-"""The Python API as the README shows it: tokenize, train, load, evaluate, generate."""
+"""The Python API as docs/api.md shows it: tokenize, train, load, evaluate, generate."""
 
 from __future__ import annotations
 
