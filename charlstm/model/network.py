@@ -42,6 +42,10 @@ State = tuple[torch.Tensor, torch.Tensor]
 
 
 class CharLSTM(nn.Module):
+    """The model a `ModelConfig` describes; `forward(tokens, state)` returns the logits of every
+    position and the state to carry into the next window (the gate equations: this module's
+    docstring)."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         config.validate()

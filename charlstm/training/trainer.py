@@ -76,7 +76,7 @@ def train(
     **overrides,
 ) -> TrainResult:
     """Train a CharLSTM on `data` (a tokenized folder, a raw text file/folder, or None for the
-    bundled corpus) and write the run to `out` (default checkpoints/<data name>-<preset>).
+    bundled corpus) and write the run to `out` (default `checkpoints/<data name>-<preset>`).
 
     `config` gives every setting at once; otherwise `preset` plus keyword overrides named like
     `TrainConfig`'s fields (steps=..., hidden_size=...). With no preset, a CPU run given
