@@ -222,6 +222,12 @@ def _device_check(v: Any) -> str | None:
     return f"{v!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
 
 
+def _wandb_project_check(v: Any) -> str | None:
+    if isinstance(v, str) and v.strip() and not set(v) & set("/\\#?%:"):
+        return None
+    return f"{v!r} is not a Weights & Biases project name (no /, \\, #, ?, % or :)"
+
+
 def _is_cuda_index(v: str) -> bool:
     return v.startswith("cuda:") and v[5:].isdigit()
 
@@ -291,6 +297,21 @@ class TrainConfig(_Architecture):
         metavar="N|Nm",
     )
     log_every: int = option(10, "Log a metrics line every N steps.", check=whole(1), resumable=True)
+    # where the numbers go besides metrics.jsonl (may change on resume)
+    tensorboard: bool = option(
+        True,
+        "Write TensorBoard event files into the run folder's tb/ (on when tensorboard is "
+        "installed: pip install 'charlstm[tensorboard]').",
+        resumable=True,
+    )
+    wandb: str | None = option(
+        None,
+        "Also log the same numbers to this Weights & Biases project (pip install "
+        "'charlstm[wandb]'; WANDB_MODE=offline keeps them on disk).",
+        check=optional(_wandb_project_check),
+        resumable=True,
+        metavar="PROJECT",
+    )
     eval_batch_size: int = option(
         64, "Streams used for validation during training.", check=whole(1)
     )

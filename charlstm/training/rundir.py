@@ -29,6 +29,8 @@ LAST, BEST, METRICS, CONFIG, CURVES = (
     "curves.png",
 )
 RUN_FILES = (LAST, BEST, METRICS, CONFIG, CURVES)
+# TensorBoard's event files (a folder), and the id of the run's Weights & Biases run
+TENSORBOARD, WANDB_ID = "tb", "wandb-id.txt"
 DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -135,6 +137,8 @@ class RunDir:
         """--force: remove the old run's files (other files in the folder stay)."""
         for name in RUN_FILES:
             self.file(name).unlink(missing_ok=True)
+        for events in self.file(TENSORBOARD).glob("events.out.tfevents.*"):
+            events.unlink(missing_ok=True)
 
     def write_config(self, record: dict) -> None:
         write_text(self.file(CONFIG), json.dumps(record, indent=2) + "\n")

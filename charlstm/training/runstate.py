@@ -35,6 +35,7 @@ class RunState:
     skipped_steps: int = 0  # non-finite steps that were not applied
     loss_sum: float = 0.0  # train loss since the last log line (so a resume logs the same)
     loss_count: int = 0
+    grad_norm_sum: float = 0.0  # gradient norms (before clipping) of those same steps
     hidden: tuple[torch.Tensor, torch.Tensor] | None = None  # this rank's carried (h, c)
     ema: WeightAverage | None = None  # --ema: the average of the weights
 

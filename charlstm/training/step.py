@@ -17,9 +17,10 @@ from charlstm.training.runstate import RunState
 
 def optimizer_step(
     state: RunState, forward_model, window: torch.Tensor, clip: float, amp_dtype, dist: Dist
-) -> tuple[float, bool]:
+) -> tuple[float, bool, float]:
     """Train on `window` (T+1 rows of ids, one column per stream of this rank) from
-    `state.hidden`. Returns (loss averaged over ranks, whether the update was applied)."""
+    `state.hidden`. Returns (loss averaged over ranks, whether the update was applied, the
+    gradient's norm before clipping)."""
     model, device = state.model, window.device
     with autocast(device, amp_dtype):
         logits, hidden = forward_model(window[:-1], state.hidden)
@@ -32,23 +33,25 @@ def optimizer_step(
         if not all(torch.isfinite(s).all() for s in hidden):
             hidden = model.init_state(hidden[0].shape[1], device, torch.float32)
         state.hidden = repackage_state(hidden)
-        return mean_loss, False
+        return mean_loss, False, norm
     state.optimizer.step()
     if state.ema is not None:
         state.ema.update()
     state.hidden = tuple(s.float() for s in repackage_state(hidden))
-    return mean_loss, True
+    return mean_loss, True, norm
 
 
 def _clip_and_check(model, loss: torch.Tensor, clip: float, dist: Dist) -> tuple[float, float]:
-    """Clip the gradient; the loss averaged and the gradient norm summed over ranks."""
+    """Clip the gradient; the loss and the gradient norm (before clipping) averaged over ranks
+    (DDP's gradients are the same on every rank, so is their norm; a non-finite one anywhere
+    makes the average non-finite)."""
     params = [p for p in model.parameters() if p.grad is not None]
     if clip > 0:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     else:
         grad_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
     check = dist.all_reduce_sum(torch.stack([loss.detach().float(), grad_norm.detach().float()]))
-    return float(check[0]) / dist.world_size, float(check[1])
+    return float(check[0]) / dist.world_size, float(check[1]) / dist.world_size
 
 
 def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,7 @@ from charlstm.training.progress import (
 from charlstm.training.run import Run
 from charlstm.training.rundir import RunDir
 from charlstm.training.schedule import due, lr_at
+from charlstm.training.sinks import check_extras
 from charlstm.training.step import optimizer_step
 from charlstm.training.validation import Validator
 from charlstm.training.writer import RunWriter
@@ -99,6 +100,7 @@ def train(
         cfg = resume_config(payload, given)
     else:
         cfg = _new_config(config, preset, given, overrides)
+    check_extras(cfg, overrides)
     device = resolve_device(rank_device(cfg, dist) if dist.enabled else cfg.device)
     distributed.init(dist, device)
     try:
@@ -177,7 +179,7 @@ class Trainer:
         self.validator = Validator(
             run.val_ids, run.cfg.eval_batch_size, run.device, run.amp_dtype, run.dist
         )
-        self.writer = RunWriter(run.run_dir, run.dist, run.checkpoint_bytes())
+        self.writer = RunWriter(run.run_dir, run.dist, run.checkpoint_bytes(), run.cfg)
         self.clock = RunClock(0.0, 0)
         self._bad_in_row = 0
 
@@ -206,8 +208,8 @@ class Trainer:
         with Interrupt() as interrupt:
             while not self.should_stop(interrupt):
                 lr = self.set_lr()
-                loss, ok = self.train_step()
-                self.guard(loss, ok, lr)
+                loss, ok, grad_norm = self.train_step()
+                self.guard(loss, ok, lr, grad_norm)
                 self.advance()
                 self.after_step(lr)
         interrupted = self._interrupted
@@ -233,7 +235,7 @@ class Trainer:
             group["lr"] = lr
         return lr
 
-    def train_step(self) -> tuple[float, bool]:
+    def train_step(self) -> tuple[float, bool, float]:
         """The next window of this rank's streams through `optimizer_step`."""
         st = self.state
         if st.hidden is None:
@@ -245,13 +247,14 @@ class Trainer:
             st, self.run.forward_model, window, self.cfg.clip, self.run.amp_dtype, self.dist
         )
 
-    def guard(self, loss: float, ok: bool, lr: float) -> None:
+    def guard(self, loss: float, ok: bool, lr: float, grad_norm: float) -> None:
         """The NaN guard (too many non-finite steps in a row end the run) and the running
-        train loss."""
+        train loss and gradient norm."""
         st = self.state
         if ok:
             self._bad_in_row = 0
             st.loss_sum += loss
+            st.grad_norm_sum += grad_norm
             st.loss_count += 1
             return
         self._bad_in_row += 1
@@ -303,7 +306,8 @@ class Trainer:
         st = self.state
         chars_per_s = self.clock.steps_per_s(st.step) * self.cfg.batch_size * self.cfg.bptt
         train_loss = st.loss_sum / st.loss_count if st.loss_count else None
-        st.loss_sum, st.loss_count = 0.0, 0
+        grad_norm = st.grad_norm_sum / st.loss_count if st.loss_count else None
+        st.loss_sum, st.grad_norm_sum, st.loss_count = 0.0, 0.0, 0
         stats = StepStats(
             step=st.step,
             total_steps=self.total_steps,
@@ -323,6 +327,7 @@ class Trainer:
                 "chars": self.run.chars_seen,
                 "elapsed_s": round(stats.elapsed_s, 3),
                 "train_loss": train_loss,
+                "grad_norm": grad_norm,
                 "lr": lr,
                 "chars_per_s": round(chars_per_s, 1),
                 "skipped": st.skipped_steps,
@@ -337,6 +342,8 @@ class Trainer:
         improved = st.best_val is None or val < st.best_val
         st.last_val = val
         st.best_val = val if improved else st.best_val
+        # what the model writes now, for the logs (rank 0 only; inside the time budget)
+        sample = self.validator.sample(st, self.run.dataset.vocab) if self.dist.is_main else None
         self.writer.record(
             {
                 "kind": "eval",
@@ -349,6 +356,7 @@ class Trainer:
                 "perplexity": math.exp(min(val, 700)),
                 "lr": lr,
                 **trained,
+                "sample": sample,
             }
         )
         self.reporter.evaluated(EvalStats(st.step, val, improved, self.validator.streams))

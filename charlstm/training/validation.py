@@ -1,7 +1,10 @@
 """Validation during training: the exact full-stream loss of the whole val split with carried
-state (the number `charlstm eval` gives), its streams sharded over ranks under torchrun."""
+state (the number `charlstm eval` gives), its streams sharded over ranks under torchrun; and a
+short greedy sample of what the model writes, for the logs."""
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import numpy as np
 import torch
@@ -9,6 +12,10 @@ import torch
 from charlstm.evaluation.scoring import metrics_from_nats, stream_count, stream_nats
 from charlstm.training.distributed import Dist
 from charlstm.training.runstate import RunState
+
+# the text logged at each validation: a glance at the model, not a measurement; greedy, so it
+# costs no random numbers and a resumed run writes what an unbroken one would
+SAMPLE_CHARS = 200
 
 
 class Validator:
@@ -42,3 +49,20 @@ class Validator:
         with state.ema.applied():
             averaged = self.loss(state.model)
         return averaged, {"trained_val_loss": self.loss(state.model)}
+
+    def sample(self, state: RunState, vocab) -> str:
+        """SAMPLE_CHARS greedy characters after a newline, from the weights validation scores
+        (the average with --ema), as `charlstm sample --temperature 0` writes them. The model is
+        left in the mode it was in."""
+        from charlstm.generation.sampling import generate
+        from charlstm.model.checkpoint import Checkpoint
+
+        model = state.model
+        was_training = model.training
+        try:
+            with state.ema.applied() if state.ema is not None else nullcontext():
+                ckpt = Checkpoint(model, vocab, {}, None)
+                device = str(self.device)
+                return generate(ckpt, length=SAMPLE_CHARS, temperature=0.0, device=device)[0]
+        finally:
+            model.train(was_training)
