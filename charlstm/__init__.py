@@ -8,7 +8,8 @@ The library API (every CLI command is a thin layer over one of these)::
     charlstm.evaluate("checkpoints/demo/best.pt")
     charlstm.generate("checkpoints/demo/best.pt", prime="ROMEO:", length=200)
     charlstm.inspect_text("checkpoints/demo/best.pt", "ROMEO: Hark, what light!").bits
-    charlstm.export_web("checkpoints/demo/best.pt", out="demo-web")   # or export_onnx
+    charlstm.export_web("checkpoints/demo/best.pt", out="demo-web")   # or export_onnx,
+    charlstm.export_safetensors("checkpoints/demo/best.pt", out="demo-model")  # a model folder
 
 Heavy modules (torch) load on first use, so ``import charlstm`` stays fast. The modules are
 named for their job (prepare, trainer, evaluation, sampling) so that they never shadow the
@@ -45,6 +46,7 @@ _LAZY = {
     "write_html": "charlstm.inspection.html",
     "export_onnx": "charlstm.export.formats",
     "export_web": "charlstm.export.formats",
+    "export_safetensors": "charlstm.export.formats",
     "verify_onnx": "charlstm.export.formats",
     "ExportResult": "charlstm.export.formats",
 }
@@ -58,7 +60,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from charlstm.data.vocab import Vocab
     from charlstm.evaluation.dynamic import DynamicSettings
     from charlstm.evaluation.scoring import EvalResult, evaluate
-    from charlstm.export.formats import ExportResult, export_onnx, export_web, verify_onnx
+    from charlstm.export.formats import (
+        ExportResult,
+        export_onnx,
+        export_safetensors,
+        export_web,
+        verify_onnx,
+    )
     from charlstm.generation.sampling import generate
     from charlstm.inspection.analysis import Inspection, inspect_text
     from charlstm.inspection.html import write_html

@@ -96,5 +96,5 @@ def word_run(root, n_chars: int, *, val_frac: float, **checkpoint_kwargs):
     source.write_text(word_text(n_chars, seed=0), encoding="utf-8")
     data = tokenize(source, root / "data", val_frac=val_frac).out
     vocab = Vocab.load(data / "tokenizer.json")
-    extra = {"data": {"folder": str(data.resolve())}}
+    extra = {"data": {"folder": str(data.resolve())}, **checkpoint_kwargs.pop("extra", {})}
     return random_checkpoint(root / "model.pt", vocab, extra=extra, **checkpoint_kwargs), data

@@ -1,4 +1,5 @@
-"""`charlstm export`: a checkpoint as ONNX graphs or as an offline web page."""
+"""`charlstm export`: a checkpoint as ONNX graphs, an offline web page, or a safetensors model
+folder."""
 
 from __future__ import annotations
 
@@ -18,13 +19,16 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 class ExportFormat(str, Enum):
     onnx = "onnx"
     web = "web"
+    safetensors = "safetensors"
 
 
 @app.command(
     name="export",
     epilog="Examples:  charlstm export checkpoints/tinyshakespeare-auto/best.pt --format web "
     "--out ts-web  (then open ts-web/index.html)  ·  charlstm export run/best.pt --format onnx "
-    "--out run-onnx  (then python examples/onnx_sample.py run-onnx --prime 'ROMEO:')",
+    "--out run-onnx  (then python examples/onnx_sample.py run-onnx --prime 'ROMEO:')  ·  "
+    "charlstm export run/best.pt --format safetensors --out run-model  (then charlstm sample "
+    "run-model)",
 )
 def export_(
     checkpoint: CheckpointArg,
@@ -34,7 +38,9 @@ def export_(
             "--format",
             "-f",
             help="onnx: prime and one-step graphs for onnxruntime (needs the export extra); "
-            "web: a static page that samples in the browser, offline.",
+            "web: a static page that samples in the browser, offline; safetensors: "
+            "model.safetensors, config.json and tokenizer.json, a folder every command and "
+            "plain PyTorch load (needs the safetensors extra).",
         ),
     ],
     out: Annotated[
@@ -58,7 +64,8 @@ def export_(
         bool, typer.Option("--json", help="Print what was written as JSON on stdout.")
     ] = False,
 ) -> None:
-    """Export a checkpoint: ONNX graphs for any ONNX runtime, or a page that runs offline."""
+    """Export a checkpoint: ONNX graphs for any ONNX runtime, a page that runs offline, or a
+    safetensors model folder."""
     import json
 
     from charlstm.export import formats as exporting
@@ -68,8 +75,10 @@ def export_(
             ui.warn("onnxruntime is not installed: the export is not verified against PyTorch "
                     "(pip install 'charlstm[export]')")  # fmt: skip
         result = run(exporting.export_onnx, checkpoint, out, force=force, verify=verify)
-    else:
+    elif format == ExportFormat.web:
         result = run(exporting.export_web, checkpoint, out, force=force)
+    else:
+        result = run(exporting.export_safetensors, checkpoint, out, force=force)
     ui.show_export(result)
     if json_out:
         emit(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -14,7 +14,11 @@ DeviceOption = Annotated[
 ]
 
 CheckpointArg = Annotated[
-    Path, typer.Argument(help="A checkpoint written by `charlstm train` (best.pt or last.pt).")
+    Path,
+    typer.Argument(
+        help="A checkpoint written by `charlstm train` (best.pt or last.pt), or a model folder "
+        "written by `charlstm export --format safetensors`."
+    ),
 ]
 
 

@@ -425,7 +425,9 @@ def show_info(facts: Mapping) -> None:
     m, v, best = facts["model"], facts["vocab"], facts["best_val"]
     data = facts.get("data") or {}
     rows = {
-        "checkpoint": f"{facts['path']} (format {facts['format_version']})",
+        "checkpoint": f"{facts['path']} ("
+        + ("" if facts.get("kind", "checkpoint") == "checkpoint" else f"{facts['kind']} ")
+        + f"format {facts['format_version']})",
         "model": f"{m['num_layers']} x LSTM({m['hidden_size']}), embed {m['embed_size']}, "
         f"dropout {m['dropout']}" + (", tied" if m.get("tie_weights") else ""),
         "parameters": fmt_int(facts["parameters"]),
@@ -484,6 +486,9 @@ def show_export(result) -> None:
     if result.format == "web":
         page = (result.out / "index.html").resolve().as_uri()
         rows["open"] = f"{page}  (works from disk; no server needed)"
+    elif result.format == "safetensors":
+        rows["checked"] = "read back: the checkpoint's weights, bit for bit"
+        rows["next"] = f"charlstm sample {result.out}  (any command that takes a checkpoint)"
     else:
         rows["next"] = f"python examples/onnx_sample.py {result.out} --prime 'Hello'"
     show_table(f"exported ({result.format})", rows)

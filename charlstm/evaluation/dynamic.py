@@ -84,8 +84,11 @@ def weights_sha256(model) -> str:
 
 
 def stats_path(checkpoint_path: str | Path) -> Path:
-    """Where the gradient statistics of a checkpoint are cached: beside it."""
+    """Where the gradient statistics of a checkpoint are cached: beside it (inside a model
+    folder)."""
     path = Path(checkpoint_path)
+    if path.is_dir():
+        return path / "gradstats.pt"
     return path.with_name(f"{path.stem}.gradstats.pt")
 
 

@@ -1,5 +1,7 @@
-"""`export_onnx` / `export_web`: a checkpoint as ONNX graphs, or as a static page that samples
-in the browser with no server and no network.
+"""`export_onnx` / `export_web` / `export_safetensors`: a checkpoint as ONNX graphs, as a static
+page that samples in the browser with no server and no network, or as a model folder
+(model.safetensors, config.json, tokenizer.json: `charlstm.model.folder`) that every charlstm
+command, and plain PyTorch with safetensors, loads.
 
 ONNX (``--format onnx``): two graphs over one shared weights file,
 
@@ -39,7 +41,7 @@ import numpy as np
 from charlstm.errors import CharLSTMError
 from charlstm.version import __version__
 
-FORMATS = ("onnx", "web")
+FORMATS = ("onnx", "web", "safetensors")
 EXPORT_FORMAT = "charlstm-export"
 EXPORT_FORMAT_VERSION = 1
 ONNX_OPSET = 17  # ONNX 1.12 (2022): old enough for any maintained runtime
@@ -105,6 +107,10 @@ def default_out(checkpoint, fmt: str) -> Path:
 
 
 def _is_export(folder: Path) -> bool:
+    from charlstm.model.folder import is_model_folder
+
+    if is_model_folder(folder):
+        return True
     try:
         meta = json.loads((folder / "model.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -542,3 +548,33 @@ def export_web(checkpoint, out=None, *, force: bool = False) -> ExportResult:
     files, meta = web_files(ckpt)
     sizes = _write_folder(out, force, files, Path(ckpt.path))
     return ExportResult(out, "web", sizes, meta)
+
+
+# -- safetensors ----------------------------------------------------------------------------------
+
+
+def export_safetensors(checkpoint, out=None, *, force: bool = False) -> ExportResult:
+    """Write a model folder (model.safetensors, config.json, tokenizer.json) to `out` (default:
+    `export-safetensors` beside the checkpoint). It is read back and checked to hold the
+    checkpoint's weights bit for bit before it is moved into place; same folder rules as
+    `export_onnx`."""
+    import torch
+
+    from charlstm.model.folder import CONFIG, folder_files, read_folder
+
+    ckpt = _load(checkpoint)
+    out = Path(out) if out is not None else default_out(ckpt.path, "safetensors")
+    check_out(out, force, Path(ckpt.path))
+    files = folder_files(ckpt.model, ckpt.vocab, ckpt.payload)
+
+    def check(folder: Path) -> None:
+        written = read_folder(folder)["model"]
+        for name, tensor in ckpt.model.state_dict().items():
+            if not torch.equal(written[name], tensor.detach().cpu().float()):
+                raise CharLSTMError(
+                    f"the exported {name} differs from the checkpoint's; nothing was written",
+                    "please report it with `charlstm info` of the checkpoint",
+                )
+
+    sizes = _write_folder(out, force, files, Path(ckpt.path), check=check)
+    return ExportResult(out, "safetensors", sizes, json.loads(files[CONFIG]))

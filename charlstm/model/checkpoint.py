@@ -17,6 +17,10 @@ anything in it runs. It holds everything `eval`, `sample` and an exact `--resume
 
 Version 1 (charlstm 0.1) kept the run state's fields at the top level; `read_checkpoint`
 upgrades such a file in memory, so old runs still evaluate, sample and resume.
+
+Every command that loads a model takes either such a file or a model folder (model.safetensors,
+config.json, tokenizer.json: `charlstm.model.folder`); `read_model` is the one place that tells
+them apart, and `load_checkpoint` and `describe` go through it.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from charlstm.atomic import atomic_open
 from charlstm.config import ModelConfig
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
+from charlstm.model.folder import is_model_folder, read_folder
 from charlstm.model.network import CharLSTM
 
 FORMAT = "charlstm-checkpoint"
@@ -70,7 +75,9 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CharLSTMError(f"checkpoint not found: {path}", "pass the path of a .pt file")
     if path.is_dir():
         raise CharLSTMError(
-            f"{path} is a folder, not a checkpoint", f"pass {path / 'best.pt'} or last.pt"
+            f"{path} is a folder, not a checkpoint or a model folder",
+            f"pass {path / 'best.pt'} or last.pt, or a folder written by charlstm export "
+            "--format safetensors",
         )
     try:
         with open(path, "rb") as f:
@@ -113,6 +120,13 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "upgrade charlstm to read it",
         )
     return upgrade(payload)
+
+
+def read_model(path: str | Path) -> dict:
+    """What `eval`, `sample`, `serve`, `inspect`, `info` and `export` load: a checkpoint file's
+    payload, or a model folder's (`charlstm.model.folder.read_folder`), laid out alike."""
+    path = Path(path)
+    return read_folder(path) if is_model_folder(path) else read_checkpoint(path)
 
 
 def upgrade(payload: dict) -> dict:
@@ -163,8 +177,9 @@ def build_model(payload: dict, path: str | Path = "checkpoint") -> CharLSTM:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Model (in eval mode, on `device`) and vocabulary from a checkpoint file."""
-    payload = read_checkpoint(path)
+    """Model (in eval mode, on `device`) and vocabulary from a checkpoint file or a model
+    folder."""
+    payload = read_model(path)
     model = build_model(payload, path).to(device).eval()
     vocab = _vocab(payload, path)
     return Checkpoint(model, vocab, payload, Path(path))
@@ -175,7 +190,7 @@ def describe(path: str | Path) -> dict:
     best validation, and the data it was trained on (no weights are built)."""
     import math
 
-    payload = read_checkpoint(path)
+    payload = read_model(path)
     vocab = _vocab(payload, path)
     run = payload.get("run") or {}
     train_config = payload.get("train_config") or {}
@@ -188,9 +203,11 @@ def describe(path: str | Path) -> dict:
     chars = None
     if step is not None and train_config:
         chars = step * train_config["batch_size"] * train_config["bptt"]
+    source = payload.get("source") or {"kind": "checkpoint"}
     return {
         "path": str(path),
-        "format_version": payload["format_version"],
+        "kind": source["kind"],  # a checkpoint file, or a model folder
+        "format_version": source.get("format_version", payload["format_version"]),
         "model": payload["model_config"],
         "parameters": params,
         "vocab": {
