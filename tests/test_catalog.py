@@ -1,5 +1,6 @@
 """`charlstm corpus list/get` against an HTTP server on 127.0.0.1 started by the test: a good
-file, a corrupt one, a 404, a refused connection; .zip and .gz unpacking; recorded splits."""
+file, a corrupt one, a 404, a refused connection, one that fails once (retried); the download
+cache; .zip and .gz unpacking; recorded splits; pooch missing."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import http.server
 import io
 import json
 import socket
+import sys
 import threading
 import zipfile
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -37,11 +40,25 @@ FILES = {
 }
 
 
+REQUESTS: Counter = Counter()  # path -> GET requests the server has answered
+
+
+@pytest.fixture(autouse=True)
+def no_retries(monkeypatch):
+    """A failed download is tried once: pooch retries every failure (a 404 too) after 1 s, 2 s;
+    test_a_failed_download_is_retried covers the retries."""
+    monkeypatch.setattr(catalog, "DOWNLOAD_RETRIES", 0)
+
+
 @pytest.fixture(scope="module")
 def server():
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 - the http.server API
-            body = FILES.get(self.path)
+            REQUESTS[self.path] += 1
+            if self.path == "/flaky.txt" and REQUESTS[self.path] == 1:
+                self.send_error(503, "Service Unavailable")
+                return
+            body = FILES.get(self.path.replace("/flaky.txt", "/plain.txt"))
             if body is None:
                 self.send_error(404, "Not Found")
                 return
@@ -183,3 +200,44 @@ def test_bundled_corpus_matches_the_catalog_checksum():
     assert hashlib.sha256(data).hexdigest() == spec.download_sha256
     assert len(data) == spec.size_bytes
     assert np.frombuffer(data, np.uint8).max() < 128
+
+
+def test_a_failed_download_is_retried(server, entry, tmp_path, monkeypatch):
+    monkeypatch.setattr(catalog, "DOWNLOAD_RETRIES", 1)
+    REQUESTS["/flaky.txt"] = 0
+    out = catalog.fetch("toy", tmp_path, url=f"{server}/flaky.txt")
+    assert out.read_bytes() == TEXT
+    assert REQUESTS["/flaky.txt"] == 2  # a 503, then the file
+
+
+def test_a_verified_download_is_cached_and_not_downloaded_again(server, entry, tmp_path):
+    url = f"{server}/plain.txt"
+    before = REQUESTS["/plain.txt"]
+    seen: list[tuple[int, int | None]] = []
+    catalog.fetch("toy", tmp_path / "a", url=url, progress=lambda *p: seen.append(p))
+    assert REQUESTS["/plain.txt"] == before + 1
+    assert seen[-1] == (len(TEXT), len(TEXT))  # the progress callback saw the whole file
+    assert catalog.fetch("toy", tmp_path / "b", url=url).read_bytes() == TEXT
+    assert catalog.fetch("toy", tmp_path / "a", url=url, force=True).read_bytes() == TEXT
+    assert REQUESTS["/plain.txt"] == before + 1  # both from the cache
+    cached = list((catalog.cache_root() / "downloads").iterdir())
+    assert [p.read_bytes() for p in cached] == [TEXT]
+    cached[0].write_bytes(b"damaged")  # a cached copy whose checksum fails is downloaded again
+    assert catalog.fetch("toy", tmp_path / "c", url=url).read_bytes() == TEXT
+    assert REQUESTS["/plain.txt"] == before + 2
+
+
+def test_a_corrupt_download_leaves_nothing_in_the_cache(server, entry, tmp_path):
+    with pytest.raises(CharLSTMError, match="sha256"):
+        catalog.fetch("toy", tmp_path, url=f"{server}/corrupt.txt")
+    cache = catalog.cache_root() / "downloads"
+    assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_pooch_missing_is_one_line_naming_the_extra(entry, tmp_path, run_cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pooch", None)
+    result = run_cli("corpus", "get", "toy", "--dir", tmp_path)
+    assert result.exit_code == 1
+    assert "charlstm[download]" in result.stderr and "yourself" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []

@@ -106,7 +106,13 @@ def corpus_get(
     name: Annotated[str, typer.Argument(help="tinyshakespeare, enwik8 or text8.")],
     dir: Annotated[Path, typer.Option("--dir", help="Folder to put it in.")] = Path("corpora"),
     url: Annotated[str | None, typer.Option(help="Download from this mirror instead.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Download again if present.")] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Replace it if present (a cached download whose sha256 still matches is reused).",
+        ),
+    ] = False,
 ) -> None:
     """Download a standard corpus, verify it, unpack it and record its standard split."""
     from charlstm.data.catalog import fetch

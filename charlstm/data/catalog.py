@@ -1,8 +1,10 @@
 """The standard character-level corpora: where they live, how to check them, how they split.
 
-`fetch` downloads one to a folder (streaming, with progress), verifies it, unpacks .zip/.gz,
-and writes `<name>.json` beside the text with its standard split, which `charlstm tokenize`
-applies when no fractions are given. Nothing partial is ever left where the corpus belongs.
+`fetch` downloads one through pooch (an optional extra: retries, the sha256 checked, a cache in
+$CHARLSTM_CACHE/downloads so a corpus is downloaded once, progress reported to a callback),
+unpacks .zip/.gz into the folder, and writes `<name>.json` beside the text with its standard
+split, which `charlstm tokenize` applies when no fractions are given. Nothing partial is ever
+left where the corpus belongs, or in the cache.
 """
 
 from __future__ import annotations
@@ -11,15 +13,19 @@ import gzip
 import hashlib
 import json
 import os
-import urllib.error
-import urllib.request
+import re
 import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from charlstm.data.corpus import cache_root
 from charlstm.errors import CharLSTMError
+
+# a failed download (a dropped connection, a checksum mismatch) is tried again this many times,
+# 1 s, then 2 s later (pooch's back-off)
+DOWNLOAD_RETRIES = 2
 
 
 @dataclass(frozen=True)
@@ -94,28 +100,87 @@ def spec(name: str) -> CorpusSpec:
         ) from None
 
 
-def _download(url: str, dest: Path, progress: Callable[[int, int | None], None] | None) -> str:
-    """Stream `url` to `dest`; return the sha256 of what arrived."""
-    digest = hashlib.sha256()
-    request = urllib.request.Request(url, headers={"User-Agent": "charlstm"})
-    manual = f"download {url} yourself and pass the file to `charlstm tokenize`"
+def _require_pooch():
     try:
-        with urllib.request.urlopen(request, timeout=30) as response, open(dest, "wb") as out:
-            total = response.headers.get("Content-Length")
-            total = int(total) if total and total.isdigit() else None
-            done = 0
-            while block := response.read(1 << 16):
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress:
-                    progress(done, total)
-    except urllib.error.HTTPError as e:
-        raise CharLSTMError(f"{url} answered HTTP {e.code} ({e.reason})", manual) from None
-    except (urllib.error.URLError, OSError, TimeoutError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise CharLSTMError(f"cannot download {url}: {reason}", manual) from None
-    return digest.hexdigest()
+        import pooch
+    except ImportError:
+        raise CharLSTMError(
+            "charlstm corpus get downloads with pooch, which is not installed",
+            "pip install 'charlstm[download]', or download the corpus yourself and pass the file "
+            "to `charlstm tokenize`",
+        ) from None
+    return pooch
+
+
+class _Progress:
+    """pooch's progress-bar protocol (`total`, `update`, `reset`, `close`) over a callback of
+    (bytes done, bytes in all or None)."""
+
+    def __init__(self, report: Callable[[int, int | None], None]) -> None:
+        self.report, self.total, self.done = report, 0, 0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        total = self.total or None  # 0: the server sent no Content-Length
+        self.report(min(self.done, total) if total else self.done, total)
+
+    def reset(self) -> None:
+        self.done = 0
+
+    def close(self) -> None:
+        pass
+
+
+def _download(s: CorpusSpec, url: str, progress: Callable[[int, int | None], None] | None) -> Path:
+    """The file at `url`, checked against the corpus's pinned sha256, in the download cache
+    (downloaded only when it is not there already); its path."""
+    pooch = _require_pooch()
+    import requests  # pooch's own dependency
+
+    cache = cache_root() / "downloads"
+    suffix = "".join(Path(url.split("?")[0]).suffixes[-1:])
+    fname = f"{s.name}-{(s.download_sha256 or 'unpinned')[:16]}{suffix}"
+    registry = pooch.create(path=cache, base_url="", registry={fname: s.download_sha256},
+                            urls={fname: url}, retry_if_failed=DOWNLOAD_RETRIES)  # fmt: skip
+    downloader = pooch.HTTPDownloader(
+        progressbar=_Progress(progress) if progress else False,
+        chunk_size=1 << 16,
+        timeout=30,
+        headers={"User-Agent": "charlstm"},
+    )
+    manual = f"download {url} yourself and pass the file to `charlstm tokenize`"
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel("WARNING")  # the library never prints: no "Downloading data from ..."
+    try:
+        return Path(registry.fetch(fname, downloader=downloader))
+    except requests.exceptions.HTTPError as e:
+        code, reason = e.response.status_code, e.response.reason
+        raise CharLSTMError(f"{url} answered HTTP {code} ({reason})", manual) from None
+    except requests.exceptions.RequestException as e:
+        raise CharLSTMError(f"cannot download {url}: {_request_reason(e)}", manual) from None
+    except ValueError as e:  # pooch: the sha256 differs, on every try
+        if "hash" not in str(e).lower():
+            raise CharLSTMError(f"cannot download {url}: {e}", manual) from None
+        raise CharLSTMError(
+            f"{url} does not match the expected sha256 ({s.download_sha256[:16]}...) after "
+            f"{DOWNLOAD_RETRIES + 1} tries; the download was deleted",
+            "try again, or check the mirror",
+        ) from None
+    except OSError as e:
+        raise CharLSTMError(
+            f"cannot write the download to {cache}: {e.strerror or e}",
+            "make $CHARLSTM_CACHE (or ~/.cache/charlstm) writable",
+        ) from None
+    finally:
+        logger.setLevel(level)
+
+
+def _request_reason(error: Exception) -> str:
+    """The cause inside requests' nested message ("Connection refused"), or its first part."""
+    text = str(error)
+    inner = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    return inner.group(1).strip() if inner else text.split(" (Caused by")[0][:160]
 
 
 def fetch(
@@ -129,7 +194,8 @@ def fetch(
     """Download, verify and unpack corpus `name` into `folder`; return the text file's path.
 
     `url` overrides the canonical address (a mirror). A checksum or size mismatch deletes
-    what was downloaded and raises.
+    what was downloaded and raises. A download whose sha256 is pinned is kept in the cache and
+    not downloaded again while its checksum holds (`force` replaces the text in `folder`).
     """
     s = spec(name)
     folder = Path(folder)
@@ -138,17 +204,12 @@ def fetch(
         raise CharLSTMError(f"{target} already exists", "pass --force to download it again")
     folder.mkdir(parents=True, exist_ok=True)
     source = url or s.url
-    part = folder / f".{s.filename}.part-{os.getpid()}"
     unpacked = folder / f".{s.filename}.unpacked-{os.getpid()}"
+    archive = None
     try:
-        sha = _download(source, part, progress)
-        if s.download_sha256 is not None and sha != s.download_sha256:
-            raise CharLSTMError(
-                f"{source} does not match the expected sha256 (got {sha[:16]}..., expected "
-                f"{s.download_sha256[:16]}...); the download was deleted",
-                "try again, or check the mirror",
-            )
-        text_sha = _unpack(part, unpacked, source, s.member)
+        archive = _download(s, source, progress)
+        sha = s.download_sha256 or _sha256(archive)
+        text_sha = _unpack(archive, unpacked, source, s.member)
         size = unpacked.stat().st_size
         if size != s.size_bytes:
             raise CharLSTMError(
@@ -163,8 +224,9 @@ def fetch(
             )
         os.replace(unpacked, target)
     finally:
-        part.unlink(missing_ok=True)
         unpacked.unlink(missing_ok=True)
+        if archive is not None and s.download_sha256 is None:
+            archive.unlink(missing_ok=True)  # unpinned: nothing to check a cached copy against
     (folder / f"{s.filename}.json").write_text(
         json.dumps({**asdict(s), "source": source, "download_sha256_seen": sha}, indent=2) + "\n"
     )
@@ -193,6 +255,14 @@ def _unpack(archive: Path, dest: Path, source: str, member: str | None) -> str:
                 copy(f)
     except (zipfile.BadZipFile, KeyError, OSError, EOFError) as e:
         raise CharLSTMError(f"cannot unpack what {source} sent: {e}", "try again") from None
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
     return digest.hexdigest()
 
 

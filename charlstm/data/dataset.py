@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from charlstm.data.corpus import BUNDLED_NAME, bundled_corpus, open_source
+from charlstm.data.corpus import BUNDLED_NAME, bundled_corpus, cache_root, open_source
 from charlstm.data.prepare import FORMAT, FORMAT_VERSION, SPLITS, tokenize
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
@@ -87,15 +86,6 @@ def load_dataset(folder: str | Path, name: str | None = None) -> Dataset:
                 "re-run `charlstm tokenize --force`",
             )
     return Dataset(folder, meta, vocab, name or folder.name)
-
-
-def cache_root() -> Path:
-    """Where raw corpora given to `train` are tokenized: $CHARLSTM_CACHE, else the XDG cache."""
-    env = os.environ.get("CHARLSTM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "charlstm"
 
 
 def data_name(data: str | Path | None) -> str:
