@@ -156,10 +156,19 @@ def test_serve_loads_the_folder_through_the_shared_loader(run):
         assert torch.equal(tensor, reference[name]), name
 
 
-def test_export_from_a_folder_to_onnx_or_web(run, run_cli, tmp_path):
+def test_export_from_a_folder_to_the_web_page(run, run_cli, tmp_path):
+    """The folder exports on like a checkpoint; and the web page's hand-written
+    weights.safetensors (the web export needs no safetensors package) is one the safetensors
+    package reads, with the folder's tensors."""
+    from safetensors.torch import load_file
+
     _, folder = run
     cli_ok(run_cli, "export", folder, "--format", "web", "--out", tmp_path / "web")
-    assert (tmp_path / "web" / "index.html").is_file()
+    web = load_file(tmp_path / "web" / "weights.safetensors")
+    ours = load_file(folder / WEIGHTS)
+    assert web.keys() == ours.keys()
+    for name, tensor in ours.items():
+        assert torch.equal(web[name], tensor), name
 
 
 def test_loading_never_unpickles(run, monkeypatch):
