@@ -10,6 +10,7 @@ import json
 import math
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -256,6 +257,13 @@ def wandb_records(path: Path):
 
 
 def wandb_history(path: Path) -> tuple[list[dict], object]:
+    """The history rows and the run record of a finished run's .wandb file. wandb-core closes
+    the file a moment after `run.finish()` returns (its stream shuts down asynchronously), so
+    this waits (up to 30 s) for the exit record that ends every finished run."""
+    deadline = time.monotonic() + 30
+    while "exit" not in {r.WhichOneof("record_type") for r in wandb_records(path)}:
+        assert time.monotonic() < deadline, f"{path} never got its exit record"
+        time.sleep(0.1)
     history, run = [], None
     for record in wandb_records(path):
         kind = record.WhichOneof("record_type")
