@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
 
@@ -104,16 +105,22 @@ def test_report_of_a_folder_without_metrics_is_a_clear_error(run_cli, tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_png_is_a_valid_image_when_matplotlib_is_installed(run_dir, tmp_path, run_cli):
-    if not has_matplotlib():
-        result = run_cli("report", run_dir, "--png", tmp_path / "c.png")
-        assert result.exit_code == 1
-        assert "charlstm[plot]" in result.stderr
-        with pytest.raises(CharLSTMError, match="matplotlib"):
-            write_png(read_curves(run_dir), tmp_path / "c.png")
-        pytest.skip("matplotlib is not installed (the optional 'plot' extra)")
-    out = write_png(read_curves(run_dir), tmp_path / "c.png")
+def test_png_is_a_valid_image(run_dir, tmp_path):
+    out = write_png(read_curves(run_dir), tmp_path / "c.png")  # the plot extra is in .[dev]
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_png_without_matplotlib_names_the_extra(run_dir, tmp_path, run_cli, monkeypatch):
+    for name in [m for m in sys.modules if m.split(".")[0] == "matplotlib"] + ["matplotlib"]:
+        monkeypatch.setitem(sys.modules, name, None)  # what a missing package looks like
+    assert not has_matplotlib()
+    result = run_cli("report", run_dir, "--png", tmp_path / "c.png")
+    assert result.exit_code == 1
+    assert "charlstm[plot]" in result.stderr.strip().splitlines()[-1]  # after the text chart
+    assert "Traceback" not in result.stderr
+    with pytest.raises(CharLSTMError, match="matplotlib"):
+        write_png(read_curves(run_dir), tmp_path / "c.png")
+    assert not (tmp_path / "c.png").exists()
 
 
 def test_info_describes_a_checkpoint(run_cli, tmp_path):
@@ -166,7 +173,8 @@ def test_undecodable_or_wrong_typed_lines_are_skipped(run_cli, tmp_path):
 
 
 def test_drawing_a_png_leaves_the_callers_matplotlib_alone(tmp_path):
-    matplotlib = pytest.importorskip("matplotlib", reason="the optional 'plot' extra")
+    import matplotlib
+
     from charlstm.training.report import Curves, write_png
 
     backend = matplotlib.get_backend()

@@ -7,12 +7,14 @@ import json
 import math
 import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from tiny import TINY_KWARGS, word_text
+from tiny import TINY_KWARGS, tiny_args, word_text
 
 import charlstm.training.step
 import charlstm.training.writer
@@ -394,16 +396,42 @@ def test_unwritable_run_folder_is_a_clean_error(data, tmp_path):
         train(data, afile, steps=5, **TINY)
 
 
-@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores permissions")
 def test_read_only_parent_is_a_clean_error(data, tmp_path):
+    """A parent folder this user cannot write: mode 0o500; and for root, whom modes do not stop,
+    a read-only mount (a tmpfs mounted ro in the child's own user and mount namespaces), with
+    the run started through the CLI in that child."""
     parent = tmp_path / "readonly"
     parent.mkdir()
-    parent.chmod(0o500)
-    try:
-        with pytest.raises(CharLSTMError, match="cannot write to run folder"):
-            train(data, parent / "run", steps=5, **TINY)
-    finally:
-        parent.chmod(0o700)
+    if os.geteuid() != 0:
+        parent.chmod(0o500)
+        try:
+            with pytest.raises(CharLSTMError, match="cannot write to run folder .*not writable"):
+                train(data, parent / "run", steps=5, **TINY)
+        finally:
+            parent.chmod(0o700)
+        return
+    mount_then_run = 'mount -t tmpfs -o ro none "$1" && shift && exec "$@"'
+    train_cli = [sys.executable, "-m", "charlstm", "train", str(data), "--out", str(parent / "run"),
+                 *tiny_args(), "--steps", "5", "--device", "cpu"]  # fmt: skip
+    result = subprocess.run(
+        [
+            "unshare",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            mount_then_run,
+            "sh",
+            str(parent),
+            *train_cli,
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "cannot write to run folder" in result.stderr and "not writable" in result.stderr
+    assert "Traceback" not in result.stderr and not (parent / "run").exists()
 
 
 def test_train_split_too_short_for_one_window(data, tmp_path):
