@@ -10,8 +10,10 @@ CLI builds its options from those fields. Adding a training option is adding one
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from charlstm.errors import OptionError
@@ -206,7 +208,7 @@ CPU_DEFAULT_PRESET = "small"
 GPU_DEFAULT_PRESET = "medium"
 # not a fixed preset: `train` measures this machine and picks a shape (charlstm.training.autopreset)
 AUTO_PRESET = "auto"
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 MAX_SEED = 2**63 - 1
 
 
@@ -324,8 +326,9 @@ class TrainConfig(_Architecture):
     )
     precision: str = option(
         "auto",
-        "auto: bf16 autocast on CUDA; on a CPU with bf16 units, bf16 LSTM matmuls with fp32 "
-        "weights and state where they win; fp32 elsewhere.",
+        "auto: on CUDA bf16 autocast, or TF32 where this GPU's measured figures favour it; on "
+        "a CPU with bf16 units, bf16 LSTM matmuls with fp32 weights and state where they win; "
+        "fp32 elsewhere. tf32: fp32 with TF32 tensor-core matmuls on CUDA (fp32 elsewhere).",
         choices=PRECISIONS,
     )
     compile: bool = option(False, "Use torch.compile.", resumable=True)
@@ -397,6 +400,17 @@ def resolve_config(
         raise TypeError(f"unknown training option(s): {', '.join(sorted(unknown))}")
     values = {**PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None}}
     return TrainConfig(preset=preset, device=device, **values)
+
+
+def cache_root() -> Path:
+    """charlstm's cache (raw corpora tokenized for `train`, downloads, compiled kernels,
+    measurements of this machine): $CHARLSTM_CACHE, else the XDG cache. Here, below both
+    `data` and `runtime`, so that each can use it."""
+    env = os.environ.get("CHARLSTM_CACHE")
+    if env:
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "charlstm"
 
 
 def cuda_requested(device: str) -> bool:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import time
+from pathlib import Path
 
 import torch
 
+from charlstm.config import cache_root
 from charlstm.errors import CharLSTMError, OptionError
 
 
@@ -43,15 +46,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """bf16 autocast on CUDA by default (where supported), fp32 elsewhere unless asked. A CPU
+def autocast_dtype(
+    device: torch.device, precision: str = "auto", hidden_size: int = 1024
+) -> torch.dtype | None:
+    """bf16 autocast on CUDA where `cuda_precision` picks it, fp32 elsewhere unless asked. A CPU
     never autocasts: its bf16 is the LSTM kernel of `lstm_kernel` (autocast made nn.LSTM slower
     there)."""
-    if precision == "fp32" or device.type == "cpu":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda":
+        chosen = cuda_precision(device, precision, hidden_size)
+        return torch.bfloat16 if chosen == "bf16" else None
+    if precision == "bf16" and device.type != "cpu":
         return torch.bfloat16
     return None
 
@@ -106,7 +110,7 @@ def lstm_kernel(device: torch.device, precision: str = "auto", hidden_size: int 
     with bf16 units for models wide enough that GEMMs, not per-step overhead, set the pace;
     GPUs use autocast instead. The choice depends on the machine and the model only (no
     timing), so a resumed run makes the same one."""
-    if device.type != "cpu" or precision == "fp32":
+    if device.type != "cpu" or precision in ("fp32", "tf32"):
         return "fp32"
     if precision == "bf16":
         return "bf16"
@@ -153,3 +157,72 @@ def bf16_gemm_speedup() -> float:
                 best = min(best, (time.perf_counter() - start) / calls)
             seconds[dtype] += best * 4096 / m  # 1 input GEMM : 128 recurrent ones, as in a window
     return seconds[torch.float32] / seconds[torch.bfloat16]
+
+
+# -- CUDA precision: chosen from the GPU check's figures where they exist -------------------------
+#: what `charlstm bench --device cuda` records (per GPU model: training chars/s by precision at
+#: each measured hidden size), in the cache folder; `--precision auto` on that GPU reads it
+CUDA_RATES_FILE = "cuda-precision.json"
+#: bf16 autocast must beat TF32 by this much to be chosen: it rounds every matmul input to 8
+#: significant bits, TF32 to 11, and a few percent of speed is not worth the difference
+BF16_MIN_GAIN = 1.05
+
+
+def choose_cuda_precision(rates: dict[str, float], has_bf16: bool, has_tf32: bool) -> str:
+    """The precision a CUDA run takes from measured training rates (chars/s by precision, any
+    of fp32/tf32/bf16, possibly none): bf16 autocast if it beats TF32 (else fp32) by
+    BF16_MIN_GAIN, else TF32 where the GPU has it, else fp32. With no figures: bf16 where the
+    GPU has it natively, the documented default (docs/gpu.md)."""
+    best_fp32 = "tf32" if has_tf32 else "fp32"
+    if not has_bf16:
+        return best_fp32
+    if "bf16" not in rates or not (rates.get(best_fp32) or rates.get("fp32")):
+        return "bf16"
+    baseline = rates.get(best_fp32) or rates["fp32"]
+    return "bf16" if rates["bf16"] >= BF16_MIN_GAIN * baseline else best_fp32
+
+
+def cuda_precision(device: torch.device, precision: str = "auto", hidden_size: int = 1024) -> str:
+    """fp32, tf32 or bf16 for a run on this CUDA device: as asked, or for `auto` chosen from
+    this GPU's recorded figures at the measured hidden size nearest `hidden_size`
+    (`choose_cuda_precision`)."""
+    if precision != "auto":
+        return precision
+    major, _ = torch.cuda.get_device_capability(device)
+    has_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    by_hidden = read_cuda_rates(torch.cuda.get_device_name(device))
+    rates = by_hidden[min(by_hidden, key=lambda h: abs(h - hidden_size))] if by_hidden else {}
+    return choose_cuda_precision(rates, has_bf16, has_tf32=major >= 8)
+
+
+def read_cuda_rates(gpu_name: str) -> dict[int, dict[str, float]]:
+    """This GPU model's recorded training rates: {hidden size: {precision: chars/s}}."""
+    try:
+        recorded = json.loads((cache_root() / CUDA_RATES_FILE).read_text())
+        return {int(h): dict(r) for h, r in recorded[gpu_name]["rates"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def record_cuda_rates(gpu_name: str, hidden_size: int, rates: dict[str, float]) -> Path:
+    """Add one shape's measured training rates by precision to this GPU model's record."""
+    from charlstm.atomic import write_text
+
+    path = cache_root() / CUDA_RATES_FILE
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        recorded = {}
+    entry = recorded.setdefault(gpu_name, {})
+    entry.update(torch=torch.__version__, cuda=torch.version.cuda)
+    entry.setdefault("rates", {})[str(hidden_size)] = rates
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps(recorded, indent=2) + "\n")
+    return path
+
+
+def use_tf32(enabled: bool) -> None:
+    """TF32 tensor-core matmuls in cuBLAS and cuDNN (its LSTM too), process-wide: on for
+    `tf32`, off for a strict `fp32` (PyTorch leaves cuDNN's on by default)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled

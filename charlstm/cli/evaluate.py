@@ -104,8 +104,9 @@ def eval_(
     precision: Annotated[
         EvalPrecision,
         typer.Option(
-            help="auto: fp32 on a CPU (the exact number), bf16 autocast on a GPU. bf16 on a CPU: "
-            "training's bf16 LSTM kernel, faster with bf16 units, off by bf16 rounding."
+            help="auto: fp32 on a CPU (the exact number), on a GPU as training there (bf16 "
+            "autocast or TF32). tf32: TF32 matmuls on a GPU. bf16 on a CPU: training's bf16 "
+            "LSTM kernel, faster with bf16 units, off by bf16 rounding."
         ),
     ] = EvalPrecision.auto,
     device: DeviceOption = "auto",

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from charlstm.config import cache_root  # noqa: F401  (re-exported: catalog and dataset use it)
 from charlstm.errors import CharLSTMError
 
 BUNDLED_NAME = "tinyshakespeare"
@@ -214,13 +214,3 @@ def sha256_file(path: str | Path) -> str:
         while block := f.read(CHUNK_BYTES):
             h.update(block)
     return h.hexdigest()
-
-
-def cache_root() -> Path:
-    """charlstm's cache (raw corpora tokenized for `train`, downloads, compiled kernels):
-    $CHARLSTM_CACHE, else the XDG cache."""
-    env = os.environ.get("CHARLSTM_CACHE")
-    if env:
-        return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "charlstm"

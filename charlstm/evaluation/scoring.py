@@ -66,7 +66,7 @@ class EvalResult:
     window_hop: int | None = None  # ... and how far apart the windows start
     dynamic: dict | None = None  # with mode "dynamic": its settings and gradient statistics
     cache: dict | None = None  # with mode "cache": the continuous cache's settings
-    precision: str = "fp32"  # "fp32", "bf16 LSTM matmuls" (CPU) or "bf16 autocast" (GPU)
+    precision: str = "fp32"  # "fp32", "bf16 LSTM matmuls" (CPU), "tf32" or "bf16 autocast" (GPU)
 
     @property
     def chars_per_s(self) -> float:
@@ -217,18 +217,26 @@ def evaluate(
     `CacheSettings`) mixes in a continuous cache of recent hidden states
     (`charlstm.evaluation.continuous_cache`, mode "cache").
 
-    `precision`: "auto" scores in fp32 on a CPU (the exact reference) and under bf16 autocast
-    on a GPU that has it; "fp32" forces fp32 everywhere; "bf16" is bf16 autocast on a GPU and,
-    on a CPU, the bf16 LSTM kernel of training (`charlstm.model.lstm_bf16`: bf16 matrix products,
-    fp32 state), faster where the CPU has bf16 units but off the fp32 number by bf16 rounding.
+    `precision`: "auto" scores in fp32 on a CPU (the exact reference) and on a GPU as a
+    training run there would (`runtime.cuda_precision`: bf16 autocast, or TF32); "fp32" forces
+    strict fp32 everywhere; "tf32" is fp32 with TF32 matmuls on a GPU, fp32 on a CPU; "bf16"
+    is bf16 autocast on a GPU and, on a CPU, the bf16 LSTM kernel of training
+    (`charlstm.model.lstm_bf16`: bf16 matrix products, fp32 state), faster where the CPU has
+    bf16 units but off the fp32 number by bf16 rounding.
     The result's `precision` says which ran."""
     from charlstm.config import PRECISIONS
     from charlstm.model.checkpoint import Checkpoint, load_checkpoint
-    from charlstm.runtime import autocast_dtype, keep_freed_memory, resolve_device
+    from charlstm.runtime import (
+        autocast_dtype,
+        cuda_precision,
+        keep_freed_memory,
+        resolve_device,
+        use_tf32,
+    )
 
     settings, cache_settings = _scoring_modes(batch_size, window, window_hop, dynamic, cache)
     if precision not in PRECISIONS:
-        raise OptionError(f"unknown --precision {precision!r}", "use auto, fp32 or bf16")
+        raise OptionError(f"unknown --precision {precision!r}", f"use {', '.join(PRECISIONS)}")
     if precision == "bf16" and (settings is not None or cache_settings is not None):
         raise OptionError(
             "--precision bf16 applies to static and --window scoring",
@@ -273,12 +281,18 @@ def evaluate(
             loss, bpc, ppl, count, seconds, skipped, split_name, source, mode="cache",
             cache=asdict(cache_settings),
         )  # fmt: skip
-    dtype = autocast_dtype(dev, precision) if dev.type == "cuda" else None
+    dtype = None
+    if dev.type == "cuda":
+        hidden = ckpt.model.config.hidden_size
+        dtype = autocast_dtype(dev, precision, hidden)
+        use_tf32(cuda_precision(dev, precision, hidden) != "fp32")
     if dev.type == "cpu":  # reuse the windows' large buffers, as training does (1.2-1.6x here)
         keep_freed_memory()
     model = ckpt.model
     model.eval_kernel = "bf16" if precision == "bf16" and dev.type == "cpu" else "fp32"
     used = "bf16 LSTM matmuls" if model.eval_kernel == "bf16" else "fp32"
+    if dev.type == "cuda":
+        used = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
     used = "bf16 autocast" if dtype == torch.bfloat16 else used
     streams = 1 if window is not None else stream_count(len(ids), batch_size)
     start = time.perf_counter()

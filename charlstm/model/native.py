@@ -64,7 +64,7 @@ def _built_library() -> Path:
     """The shared library for this source, compiler and CPU (-march=native), built into
     $CHARLSTM_CACHE/kernels (default ~/.cache/charlstm/kernels) on a miss; concurrent builders
     (DDP ranks, test workers) each write their own file and rename it into place."""
-    from charlstm.data.dataset import cache_root
+    from charlstm.config import cache_root
     from charlstm.runtime import cpu_flags
 
     cc = compiler()

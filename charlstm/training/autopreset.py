@@ -220,7 +220,7 @@ def measure_chars_per_s(
     model = build_model(model_config, cfg.precision, device)
     model.train()
     optimizer = build_optimizer(model, cfg, device)
-    amp = autocast_dtype(device, cfg.precision)
+    amp = autocast_dtype(device, cfg.precision, cfg.hidden_size)
     streams = max(1, cfg.batch_size // world_size)
     state = model.init_state(streams, device, torch.float32)
     window = torch.randint(0, vocab_size, (cfg.bptt + 1, streams), device=device)

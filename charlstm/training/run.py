@@ -10,7 +10,7 @@ from charlstm.config import TrainConfig
 from charlstm.data.dataset import Dataset, TrainStreams
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.model.network import CharLSTM
-from charlstm.runtime import autocast_dtype
+from charlstm.runtime import autocast_dtype, cuda_precision, use_tf32
 from charlstm.training.build import build_model, build_optimizer, forward_model
 from charlstm.training.ema import WeightAverage
 from charlstm.training.progress import RunInfo, TrainResult
@@ -45,7 +45,9 @@ class Run:
         if cfg.ema > 0:
             self.state.ema = WeightAverage(model, cfg.ema)
         self.forward_model = forward_model(model, cfg, dist, device)
-        self.amp_dtype = autocast_dtype(device, cfg.precision)
+        self.amp_dtype = autocast_dtype(device, cfg.precision, cfg.hidden_size)
+        if device.type == "cuda":  # TF32 tensor cores unless the run asked for strict fp32
+            use_tf32(cuda_precision(device, cfg.precision, cfg.hidden_size) != "fp32")
         torch.manual_seed(cfg.seed + dist.rank)  # dropout masks differ per rank
         self.val_ids = val_ids
         self.total_steps = total_steps(cfg, self.streams.per_epoch)
@@ -101,6 +103,8 @@ class Run:
     def precision_name(self) -> str:
         if self.amp_dtype == torch.bfloat16:
             return "bf16 autocast"
+        if self.device.type == "cuda":
+            return "tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32"
         return "bf16 LSTM matmuls" if self.model.lstm_kernel == "bf16" else "fp32"
 
     @property
