@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from charlstm.benchmark.suite import lstm_flops_per_char, matmul_gflops, peak_rss_mb, run_bench
 from charlstm.config import ModelConfig
 
@@ -39,3 +41,27 @@ def test_bench_command_json_and_bad_section(run_cli, tmp_path):
     assert {r["section"] for r in figures["rows"]} == {"limits"}
     bad = run_cli("bench", "--section", "everything")
     assert bad.exit_code == 2 and "unknown --section everything" in bad.stderr
+
+
+def test_device_bench_limits_and_floor(tmp_path):
+    """`bench --device`: the matmuls of a step and their floor, and the limits section on the
+    CPU (the same code a GPU runs; tests/test_gpu_check.py covers train and sample)."""
+    from charlstm.benchmark.device import floor_seconds_per_char, model_shapes, run_device_bench
+
+    cfg = ModelConfig(vocab_size=10, embed_size=4, hidden_size=8, num_layers=2)
+    shapes = model_shapes(cfg, batch=2, bptt=3)
+    assert shapes["recurrent"] == (2, 8, 32, 6) and shapes["input_proj_hh"] == (6, 8, 32, 1)
+    one_gflops = dict.fromkeys(shapes, 1.0)
+    forward, _ = lstm_flops_per_char(cfg)
+    assert floor_seconds_per_char(cfg, 2, 3, one_gflops) == pytest.approx(3 * forward / 1e9)
+    report = run_device_bench("cpu", presets=["tiny"], sections={"limits"}, quick=True,
+                              workdir=tmp_path)  # fmt: skip
+    assert report.machine["device"] == "cpu"
+    assert all(r.value > 0 for r in report.rows) and any(
+        "fp32 matmul" in r.name for r in report.rows
+    )
+
+
+def test_device_bench_bad_section(run_cli):
+    bad = run_cli("bench", "--device", "cpu", "--section", "memory")
+    assert bad.exit_code == 2 and "unknown --section memory with --device" in bad.stderr

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from charlstm.benchmark.suite import BenchReport, lstm_flops_per_char
+from charlstm.benchmark.suite import BenchReport, _timeit, lstm_flops_per_char
 from charlstm.config import PRESETS, ModelConfig
 from charlstm.runtime import (
     cuda_precision,
@@ -70,28 +70,8 @@ def matmul_precision(device: torch.device, precision: str):
 
 
 def seconds_per_call(fn: Callable[[], object], device: torch.device, min_time: float) -> float:
-    """The best of three batches of back-to-back calls, synchronised at the end of each batch
-    (a GPU queues calls: one sync per batch keeps the sync out of the figure)."""
-    fn()
-    synchronize(device)
-    calls = 1
-    while True:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        synchronize(device)
-        elapsed = time.perf_counter() - start
-        if elapsed >= min_time / 3 or calls >= 1 << 16:
-            break
-        calls *= 2
-    best = elapsed / calls
-    for _ in range(2):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        synchronize(device)
-        best = min(best, (time.perf_counter() - start) / calls)
-    return best
+    """`suite._timeit` synchronised once a batch of calls (a GPU queues them)."""
+    return _timeit(fn, min_time, warmup=1, sync=lambda: synchronize(device))
 
 
 def matmul_gflops(

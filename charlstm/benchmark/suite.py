@@ -59,15 +59,24 @@ class BenchReport:
         return {"machine": self.machine, "rows": [r.__dict__ | {"ok": r.ok} for r in self.rows]}
 
 
-def _timeit(fn: Callable[[], object], min_time: float = 0.3, warmup: int = 2) -> float:
-    """Seconds per call: the best of a few repeated batches (robust to a noisy neighbour)."""
+def _timeit(
+    fn: Callable[[], object],
+    min_time: float = 0.3,
+    warmup: int = 2,
+    sync: Callable[[], None] = lambda: None,
+) -> float:
+    """Seconds per call: the best of a few repeated batches (robust to a noisy neighbour).
+    `sync` waits for queued work (a GPU's) at the end of each batch, so that it is counted once
+    a batch, not once a call."""
     for _ in range(warmup):
         fn()
+    sync()
     calls, elapsed = 1, 0.0
     while True:
         start = time.perf_counter()
         for _ in range(calls):
             fn()
+        sync()
         elapsed = time.perf_counter() - start
         if elapsed >= min_time / 3:
             break
@@ -77,6 +86,7 @@ def _timeit(fn: Callable[[], object], min_time: float = 0.3, warmup: int = 2) ->
         start = time.perf_counter()
         for _ in range(calls):
             fn()
+        sync()
         best = min(best, (time.perf_counter() - start) / calls)
     return best
 
