@@ -634,6 +634,20 @@ def summary(check: Check) -> str:
     return "\n".join(lines)
 
 
+def compact(value) -> str:
+    """12345 -> 12.3k; None -> -."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    for size, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= size:
+            return f"{value / size:.1f}{unit}"
+    return f"{value:.0f}"
+
+
+def rounded(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
 def key_figures(s: Step) -> str:
     f = s.figures
     if s.status != "ok" and s.error:
@@ -644,19 +658,23 @@ def key_figures(s: Step) -> str:
         )
     if s.name == "cuda_tests":
         return f"{f.get('passed')} passed, {f.get('skipped')} skipped of {f.get('tests')}"
-    if s.name.startswith("bench"):
-        rows = [(n, r) for n, r in f.get("rows", {}).items() if r.get("ratio") is not None]
-        return "; ".join(
-            f"{n.split(' (')[0]} {r['value']:,.0f} ({r['ratio']:.2f}x)" for n, r in rows
-        )[:110]
+    if s.name.startswith("bench"):  # "fp32 41.2k (0.53x)", "batch 1 2.1k (0.20x)", "auto bf16"
+        parts = []
+        for name, row in f.get("rows", {}).items():
+            label = name.split(": ", 1)[-1].replace(" (whole loop)", "").replace(" chars/s", "")
+            if row.get("ratio") is not None:
+                parts.append(f"{label} {compact(row['value'])} ({row['ratio']:.2f}x)")
+            elif "picks" in label:
+                parts.append(label.replace("--precision auto picks", "auto"))
+        return "; ".join(parts)
     if s.name == "train":
         return (
             f"{f.get('preset')} {f.get('precision')} {f.get('steps')} steps "
-            f"{f.get('chars_per_s')} chars/s best val {f.get('best_val_loss')}"
+            f"{compact(f.get('chars_per_s'))} chars/s, best val {rounded(f.get('best_val_loss'))}"
         )
     if s.name == "eval":
         st, dy = f.get("static", {}), f.get("dynamic", {})
-        return f"static {st.get('loss')} dynamic {dy.get('loss')} nats/char"
+        return f"static {rounded(st.get('loss'))}, dynamic {rounded(dy.get('loss'))} nats/char"
     if s.name == "sample":
         return f"{f.get('chars')} chars in {f.get('seconds')} s"
     if s.name == "resume":
