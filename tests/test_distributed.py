@@ -16,6 +16,7 @@ from tiny import tiny_args
 
 from charlstm.data.prepare import tokenize
 from charlstm.model.checkpoint import read_checkpoint
+from charlstm.training.report import has_matplotlib
 from charlstm.training.rundir import RunDir
 
 pytestmark = pytest.mark.slow
@@ -92,9 +93,11 @@ def test_two_processes_match_one_with_the_same_global_batch(data, tmp_path, ema)
             torch.testing.assert_close(b["run"]["trained_model"][name], tensor, rtol=0, atol=1e-5)
     # validation sharded over ranks and all-reduced equals the single-process figure
     assert abs(a["run"]["best_val"] - b["run"]["best_val"]) < 1e-5
-    # exactly one set of run files, written by rank 0 (and one TensorBoard event file)
+    # exactly one set of run files, written by rank 0 (one TensorBoard event file, and
+    # curves.png where matplotlib is there)
     files = sorted(p.name for p in (tmp_path / "two").iterdir() if not p.name.startswith("."))
-    assert files == ["best.pt", "config.json", "last.pt", "metrics.jsonl", "tb"]
+    curves = ["curves.png"] if has_matplotlib() else []
+    assert files == sorted(["best.pt", "config.json", "last.pt", "metrics.jsonl", "tb", *curves])
     assert len(list((tmp_path / "two" / "tb").iterdir())) == 1
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len((tmp_path / "one" / "metrics.jsonl").read_text().splitlines())
