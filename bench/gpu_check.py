@@ -219,7 +219,7 @@ if torch.cuda.is_available():
     fact("memory_gb", lambda: round(p.total_memory / 1e9, 1))
     fact("memory_free_gb", lambda: round(torch.cuda.mem_get_info(0)[0] / 1e9, 1))
     fact("multiprocessors", lambda: p.multi_processor_count)
-    fact("bf16", lambda: torch.cuda.is_bf16_supported(including_emulation=False))
+    fact("bf16", lambda: torch.cuda.is_bf16_supported())
     fact("tf32", lambda: p.major >= 8)
     fact("nccl", lambda: ".".join(map(str, torch.cuda.nccl.version())))
 facts["packages"] = {m: importlib.util.find_spec(m) is not None for m in

@@ -188,11 +188,11 @@ def cuda_precision(device: torch.device, precision: str = "auto", hidden_size: i
     (`choose_cuda_precision`)."""
     if precision != "auto":
         return precision
+    # bf16 and TF32 tensor cores both came with Ampere (sm_80); before it bf16 is emulated
     major, _ = torch.cuda.get_device_capability(device)
-    has_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
     by_hidden = read_cuda_rates(torch.cuda.get_device_name(device))
     rates = by_hidden[min(by_hidden, key=lambda h: abs(h - hidden_size))] if by_hidden else {}
-    return choose_cuda_precision(rates, has_bf16, has_tf32=major >= 8)
+    return choose_cuda_precision(rates, has_bf16=major >= 8, has_tf32=major >= 8)
 
 
 def read_cuda_rates(gpu_name: str) -> dict[int, dict[str, float]]:

@@ -70,8 +70,9 @@ def test_dynamic_evaluation_runs_on_the_device(trained):
 
 def test_resume_on_the_device_is_exact(data, tmp_path):
     """12 steps in one go == 6, a stop, a resume, 6 more: bitwise, with dropout (the device's
-    RNG state is restored) and a constant learning rate."""
-    common = dict(OPTIONS, warmup_steps=0, min_lr_ratio=1.0, steps=12)
+    RNG state is restored; two layers, so cuDNN's own dropout between them too) and a constant
+    learning rate."""
+    common = dict(OPTIONS, num_layers=2, warmup_steps=0, min_lr_ratio=1.0, steps=12)
     train(data, tmp_path / "one", **common)
     stopped = train(data, tmp_path / "two", reporter=InterruptAt(5), **dict(common, log_every=1))
     assert stopped.interrupted

@@ -81,7 +81,6 @@ def test_cuda_rates_are_recorded_per_gpu_and_read_back(monkeypatch):
     # auto on "Some GPU" reads the figures of the nearest measured width
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Some GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
     gpu = torch.device("cuda")
     assert cuda_precision(gpu, "auto", hidden_size=1536) == "tf32"  # 2.05 < 1.05 x 2.0
     assert cuda_precision(gpu, "auto", hidden_size=600) == "bf16"

@@ -42,9 +42,8 @@ def device_precisions(device: torch.device) -> list[str]:
     """The precisions a device trains in: on CUDA strict fp32, TF32 (Ampere on) and bf16
     autocast (where native); on a CPU fp32 and, with bf16 units, the bf16 LSTM kernel."""
     if device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        has_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
-        return ["fp32", *(["tf32"] if major >= 8 else []), *(["bf16"] if has_bf16 else [])]
+        major, _ = torch.cuda.get_device_capability(device)  # Ampere on: TF32 and bf16 cores
+        return ["fp32", "tf32", "bf16"] if major >= 8 else ["fp32"]
     if device.type == "cpu" and has_bf16_units():
         return ["fp32", "bf16"]
     return ["fp32"]
