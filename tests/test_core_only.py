@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 #: pull in
 NOT_CORE = ("fastapi", "uvicorn", "starlette", "onnx", "onnxruntime", "matplotlib", "PIL",
             "psutil", "httpx", "openai", "hypothesis", "tensorboard", "safetensors",
-            "hatchling", "importlinter", "xdist")  # fmt: skip
+            "hatchling", "importlinter", "xdist", "wandb", "pooch")  # fmt: skip
 
 CHILD = f"""
 import runpy, sys
