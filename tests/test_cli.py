@@ -542,3 +542,48 @@ def test_every_help_renders_at_80_columns_without_type_noise(words):
     assert max(len(line) for line in text.splitlines()) <= 80
     if words and words != ("corpus",):
         assert "Example" in text, f"charlstm {' '.join(words)} --help shows no example"
+
+
+@pytest.mark.parametrize(
+    "command, cls",
+    [
+        ("eval", "charlstm.evaluation.dynamic:DynamicSettings"),
+        ("eval", "charlstm.evaluation.continuous_cache:CacheSettings"),
+        ("serve", "charlstm.serving.limits:ServeLimits"),
+        ("train", "charlstm.config:TrainConfig"),
+    ],
+)
+def test_options_are_declared_once_in_the_library_dataclass(command, cls):
+    """Each dataclass field with a help text is the command's option: same flag, same help."""
+    import importlib
+
+    from charlstm.cli.options import option_fields
+
+    module, name = cls.split(":")
+    fields_ = option_fields(getattr(importlib.import_module(module), name))
+    result = CliRunner().invoke(charlstm.cli.app.app, [command, "--help"], env={"COLUMNS": "300"})
+    assert result.exit_code == 0
+    for f in fields_:
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        assert flag in result.output, flag
+        assert f.metadata["help"].split(" [")[0][:40] in result.output, flag
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dynamic-segment", "0"], "--dynamic-segment must be >= 1"),
+        (["--cache-lambda", "1.5"], "--cache-lambda must be in [0, 1)"),
+    ],
+)
+def test_a_bad_dataclass_option_is_one_line_before_any_work(args, message, tmp_path):
+    missing = tmp_path / "nothing.pt"  # never opened: the option is refused first
+    result = cli("eval", missing, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_a_bad_serve_limit_is_one_line():
+    result = cli("serve", "nothing.pt", "--max-n", "0")
+    assert result.exit_code == 2, result.output
+    assert "--max-n must be >= 1" in result.output and "Traceback" not in result.output

@@ -10,7 +10,7 @@ import typer
 
 from charlstm.cli import ui
 from charlstm.cli.io import emit, run
-from charlstm.cli.options import CheckpointArg, DeviceOption, Split, Unknown
+from charlstm.cli.options import CheckpointArg, DeviceOption, Split, Unknown, with_options
 from charlstm.config import PRECISIONS
 from charlstm.evaluation.continuous_cache import CacheSettings
 from charlstm.evaluation.dynamic import DynamicSettings
@@ -21,14 +21,14 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 EvalPrecision = Enum("EvalPrecision", {p: p for p in PRECISIONS}, type=str)  # train's choices
 
 
-_DYNAMIC = DynamicSettings()  # the defaults the --dynamic-* options show
-_CACHE = CacheSettings()  # ... and the --cache-* options
-
-
 @app.command(
     name="eval",
     epilog="Examples:  charlstm eval checkpoints/tinyshakespeare-auto/best.pt  ·  charlstm eval "
     "run/best.pt --text notes.txt --unknown skip --json",
+)
+@with_options(  # (a bad value is refused even without --dynamic / --cache)
+    dynamic_settings=(DynamicSettings, "Dynamic evaluation (with --dynamic)"),
+    cache_settings=(CacheSettings, "Continuous cache (with --cache)"),
 )
 def eval_(
     checkpoint: CheckpointArg,
@@ -75,15 +75,7 @@ def eval_(
             "character still predicted before it is seen). Reported as mode 'dynamic'.",
         ),
     ] = False,
-    dynamic_segment: Annotated[
-        int, typer.Option(help="--dynamic: characters scored between two weight updates.")
-    ] = _DYNAMIC.segment,
-    dynamic_lr: Annotated[
-        float, typer.Option(help="--dynamic: step size, in RMS-normalised units.")
-    ] = _DYNAMIC.lr,
-    dynamic_decay: Annotated[
-        float, typer.Option(help="--dynamic: pull back toward the trained weights per update.")
-    ] = _DYNAMIC.decay,
+    dynamic_settings: DynamicSettings = DynamicSettings(),
     cache: Annotated[
         bool,
         typer.Option(
@@ -92,15 +84,7 @@ def eval_(
             "Reported as mode 'cache'.",
         ),
     ] = False,
-    cache_window: Annotated[
-        int, typer.Option(help="--cache: how many earlier positions it holds.")
-    ] = _CACHE.window,
-    cache_theta: Annotated[
-        float, typer.Option(help="--cache: sharpness of the hidden-state match.")
-    ] = _CACHE.theta,
-    cache_lambda: Annotated[
-        float, typer.Option(help="--cache: weight of the cache in the mixture.")
-    ] = _CACHE.lam,
+    cache_settings: CacheSettings = CacheSettings(),
     precision: Annotated[
         EvalPrecision,
         typer.Option(
@@ -119,10 +103,6 @@ def eval_(
 
     from charlstm.evaluation.scoring import evaluate
 
-    settings = DynamicSettings(segment=dynamic_segment, lr=dynamic_lr, decay=dynamic_decay)
-    run(settings.validate)  # a bad value is refused even without --dynamic
-    cache_settings = CacheSettings(window=cache_window, theta=cache_theta, lam=cache_lambda)
-    run(cache_settings.validate)
     result = run(
         evaluate,
         checkpoint,
@@ -134,7 +114,7 @@ def eval_(
         unknown=unknown.value,
         window=window,
         window_hop=window_hop,
-        dynamic=settings if dynamic else None,
+        dynamic=dynamic_settings if dynamic else None,
         cache=cache_settings if cache else None,
         precision=precision.value,
     )

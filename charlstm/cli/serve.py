@@ -8,7 +8,8 @@ import typer
 
 from charlstm.cli import ui
 from charlstm.cli.io import run
-from charlstm.cli.options import CheckpointArg, DeviceOption, SampleDtype
+from charlstm.cli.options import CheckpointArg, DeviceOption, SampleDtype, with_options
+from charlstm.serving.limits import ServeLimits
 
 app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
@@ -19,6 +20,7 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
     "curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' -d "
     '\'{"model": "RUN", "prompt": "ROMEO:", "max_tokens": 200}\'',
 )
+@with_options(limits=(ServeLimits, "Limits (what one request may ask for)"))
 def serve(
     checkpoint: CheckpointArg,
     host: Annotated[
@@ -33,15 +35,7 @@ def serve(
             show_default=False,
         ),
     ] = None,
-    max_streams: Annotated[
-        int, typer.Option(help="Concurrent streams (all requests; more get a 429).")
-    ] = 64,
-    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask.")] = 4096,
-    max_n: Annotated[int, typer.Option(help="Most choices per request (n x prompts).")] = 8,
-    max_prompt_chars: Annotated[int, typer.Option(help="Longest prompt, in characters.")] = 8192,
-    max_body_bytes: Annotated[
-        int, typer.Option(help="Largest request body (a bigger one gets a 413).")
-    ] = 256 * 1024,
+    limits: ServeLimits = ServeLimits(),
     dtype: Annotated[
         SampleDtype, typer.Option(help="Weight precision for generation (bf16 reads half).")
     ] = SampleDtype.fp32,
@@ -53,14 +47,12 @@ def serve(
     """Serve a checkpoint over HTTP with OpenAI's API and a playground page.
 
     The openai client and curl work unchanged; concurrent requests share one batch."""
-    from charlstm.serving.server import ServeLimits, serve_available
     from charlstm.serving.server import serve as serve_checkpoint
+    from charlstm.serving.server import serve_available
 
     if not serve_available():
         ui.error("charlstm serve needs FastAPI and uvicorn: pip install 'charlstm[serve]'")
         raise typer.Exit(1)
-    limits = ServeLimits(max_prompt_chars=max_prompt_chars, max_tokens=max_tokens, max_n=max_n,
-                         max_body_bytes=max_body_bytes, max_streams=max_streams)  # fmt: skip
     run(serve_checkpoint, checkpoint, host=host, port=port, api_key=api_key, limits=limits,
          device=device, dtype=dtype.value, threads=threads, on_ready=ui.show_serving)  # fmt: skip
     ui.info("stopped")

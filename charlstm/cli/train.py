@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import inspect
-import typing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -12,45 +11,28 @@ from typing import Annotated, Any
 import typer
 
 from charlstm.cli import ui
-from charlstm.cli.io import choices, run
+from charlstm.cli.io import run
+from charlstm.cli.options import field_option
 from charlstm.config import PRESETS, TrainConfig
 
 app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
 
 def _config_option(f) -> inspect.Parameter:
-    """A `train` option made from a TrainConfig field: its flag, help text and type. Every
-    option defaults to None ("not given"), so the preset's value (or, on --resume, the run's)
-    stands unless the user sets it."""
-    meta, hints = f.metadata, typing.get_type_hints(TrainConfig)
-    kind = next(
-        t for t in typing.get_args(hints[f.name]) or (hints[f.name],) if t is not type(None)
+    """A `train` option made from a TrainConfig field. Every option defaults to None ("not
+    given"), so the preset's value (or, on --resume, the run's) stands unless the user sets it."""
+    if f.name in PRESETS["small"]:  # (a backslash keeps Rich from reading [..] as markup)
+        suffix = " \\[default: the preset's]"
+    elif f.default is not None and f.type not in (bool, "bool") and not f.metadata.get("choices"):
+        suffix = f" \\[default: {f.default}]"
+    else:
+        suffix = ""
+    panel = (
+        "How long, how often, where (may change on --resume)"
+        if f.metadata.get("resumable")
+        else "Model and training (fixed for a run)"
     )
-    if meta.get("choices"):
-        kind = choices(f.name.title(), meta["choices"])
-    name = meta.get("flag") or "--" + f.name.replace("_", "-")
-    decls = [f"{name}/--no-{name[2:]}"] if kind is bool else [name]
-    help_text = meta["help"]  # (a backslash keeps Rich from reading [..] as markup)
-    if f.name in PRESETS["small"]:
-        help_text += " \\[default: the preset's]"
-    elif f.default is not None and kind is not bool and not meta.get("choices"):
-        help_text += f" \\[default: {f.default}]"
-    option = typer.Option(
-        *decls,
-        help=help_text,
-        metavar=meta.get("metavar"),
-        rich_help_panel=(
-            "How long, how often, where (may change on --resume)"
-            if meta.get("resumable")
-            else "Model and training (fixed for a run)"
-        ),
-    )
-    return inspect.Parameter(
-        f.name,
-        inspect.Parameter.KEYWORD_ONLY,
-        default=None,
-        annotation=Annotated[kind | None, option],
-    )
+    return field_option(TrainConfig, f, default=None, panel=panel, help_suffix=suffix)
 
 
 def _train(

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from charlstm.config import option
 from charlstm.errors import OptionError
 
 if TYPE_CHECKING:
@@ -33,9 +34,12 @@ CACHE_CHUNK = 256  # positions scored together (one matrix product against the c
 class CacheSettings:
     """Hyperparameters of the continuous cache (defaults tuned on tiny shakespeare's val)."""
 
-    window: int = 2000  # how many earlier positions the cache holds
-    theta: float = 0.3  # sharpness of the match between hidden states
-    lam: float = 0.2  # weight of the cache in the mixture
+    window: int = option(2000, "How many earlier positions it holds.", flag="--cache-window")
+    theta: float = option(0.3, "Sharpness of the hidden-state match.", flag="--cache-theta")
+    lam: float = option(0.2, "Weight of the cache in the mixture.", flag="--cache-lambda")
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:

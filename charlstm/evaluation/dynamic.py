@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from charlstm.config import option
 from charlstm.errors import CharLSTMError, OptionError
 
 if TYPE_CHECKING:  # torch and numpy load inside the functions: the CLI imports this module
@@ -51,11 +52,20 @@ class DynamicSettings:
     """Hyperparameters of dynamic evaluation; the defaults were tuned on tiny shakespeare's
     val split (bench/RESULTS.md) and are meant to be kept across corpora."""
 
-    segment: int = 20  # characters scored between two weight updates
-    lr: float = 6e-5  # eta: the step, in units of each weight's RMS training gradient
-    decay: float = 0.01  # lambda: pull back toward the trained weights per update
+    segment: int = option(
+        20, "Characters scored between two weight updates.", flag="--dynamic-segment"
+    )
+    lr: float = option(  # eta: the step, in units of each weight's RMS training gradient
+        6e-5, "Step size, in RMS-normalised units.", flag="--dynamic-lr"
+    )
+    decay: float = option(
+        0.01, "Pull back toward the trained weights per update.", flag="--dynamic-decay"
+    )
     epsilon: float = 1e-5  # added to RMS (guards weights whose gradients are ~0)
     rms_floor: float = 1.0  # each RMS counts as at least this fraction of its tensor's mean
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
         if isinstance(self.segment, bool) or not isinstance(self.segment, int) or self.segment < 1:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.generation.batching import BatchScheduler, CapacityError, SamplingParams, Stream
+from charlstm.serving.limits import ServeLimits
 
 API_KEY_ENV = "CHARLSTM_API_KEY"
 # fields of OpenAI's completions request we accept (the ones we cannot honour must keep their
@@ -41,23 +42,6 @@ FIELDS = {
     "presence_penalty", "frequency_penalty", "logit_bias",
 }  # fmt: skip
 MAX_STOP = 4  # OpenAI's limit on stop sequences
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """What one request may ask for; beyond it, a 4xx error (413 body, 429 streams, else 400)."""
-
-    max_prompt_chars: int = 8192
-    max_tokens: int = 4096
-    max_n: int = 8  # choices per request (n x prompts)
-    max_body_bytes: int = 256 * 1024
-    max_streams: int = 64  # concurrent streams, all requests together
-
-    def check(self) -> None:
-        for name, value in vars(self).items():
-            if not isinstance(value, int) or value < 1:
-                flag = "--" + name.replace("_", "-")
-                raise OptionError(f"{flag} must be >= 1, got {value}")
 
 
 class APIError(Exception):
