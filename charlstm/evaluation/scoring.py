@@ -224,17 +224,34 @@ def evaluate(
     (`charlstm.model.lstm_bf16`: bf16 matrix products, fp32 state), faster where the CPU has
     bf16 units but off the fp32 number by bf16 rounding.
     The result's `precision` says which ran."""
-    from charlstm.config import PRECISIONS
     from charlstm.model.checkpoint import Checkpoint, load_checkpoint
-    from charlstm.runtime import (
-        autocast_dtype,
-        cuda_precision,
-        keep_freed_memory,
-        resolve_device,
-        use_tf32,
-    )
+    from charlstm.runtime import resolve_device
 
     settings, cache_settings = _scoring_modes(batch_size, window, window_hop, dynamic, cache)
+    _check_options(precision, unknown, settings, cache_settings, text, data, split)
+    dev = resolve_device(device)
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
+    ckpt.model.to(dev)
+    skipped = 0
+    if text is not None:
+        ids, skipped = encode_text_file(Path(text), ckpt.vocab, unknown)
+        source, split_name = str(text), None
+    else:
+        ids, source, split_name = split_ids(ckpt, data, split)
+    if len(ids) < 2:
+        raise CharLSTMError(f"{source} has fewer than 2 characters to score", "give it more text")
+    where = dict(skipped=skipped, split=split_name, source=source)
+    if settings is not None:
+        return _dynamic_result(ckpt, ids, settings, data, dev, where)
+    if cache_settings is not None:
+        return _cache_result(ckpt, ids, cache_settings, dev, where)
+    return _static_result(ckpt, ids, dev, precision, batch_size, window, window_hop, where)
+
+
+def _check_options(precision, unknown, settings, cache_settings, text, data, split) -> None:
+    """Refuse options that contradict each other, before anything is loaded."""
+    from charlstm.config import PRECISIONS
+
     if precision not in PRECISIONS:
         raise OptionError(f"unknown --precision {precision!r}", f"use {', '.join(PRECISIONS)}")
     if precision == "bf16" and (settings is not None or cache_settings is not None):
@@ -247,40 +264,39 @@ def evaluate(
     # with --dynamic, --data also says where the gradient statistics come from
     if text is not None and (split is not None or (data is not None and settings is None)):
         raise OptionError("--text scores a file; it does not combine with --data or --split")
-    dev = resolve_device(device)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
-    ckpt.model.to(dev)
-    skipped = 0
-    if text is not None:
-        ids, skipped = encode_text_file(Path(text), ckpt.vocab, unknown)
-        source, split_name = str(text), None
-    else:
-        ids, source, split_name = split_ids(ckpt, data, split)
-    if len(ids) < 2:
-        raise CharLSTMError(f"{source} has fewer than 2 characters to score", "give it more text")
-    if settings is not None:
-        from charlstm.evaluation.dynamic import dynamic_nats
 
-        start = time.perf_counter()
-        nats, count, info = dynamic_nats(ckpt, ids, settings, data=data, device=dev)
-        # the speed is the scoring's: the one-off gradient statistics are timed on their own
-        seconds = time.perf_counter() - start - info["stats_seconds"]
-        loss, bpc, ppl = metrics_from_nats(nats, count)
-        return EvalResult(
-            loss, bpc, ppl, count, seconds, skipped, split_name, source, mode="dynamic",
-            dynamic=info,
-        )  # fmt: skip
-    if cache_settings is not None:
-        from charlstm.evaluation.continuous_cache import cache_nats
 
-        start = time.perf_counter()
-        nats, count = cache_nats(ckpt.model, ids, cache_settings, dev)
-        seconds = time.perf_counter() - start
-        loss, bpc, ppl = metrics_from_nats(nats, count)
-        return EvalResult(
-            loss, bpc, ppl, count, seconds, skipped, split_name, source, mode="cache",
-            cache=asdict(cache_settings),
-        )  # fmt: skip
+def _dynamic_result(ckpt, ids, settings, data, dev, where: dict) -> EvalResult:
+    from charlstm.evaluation.dynamic import dynamic_nats
+
+    start = time.perf_counter()
+    nats, count, info = dynamic_nats(ckpt, ids, settings, data=data, device=dev)
+    # the speed is the scoring's: the one-off gradient statistics are timed on their own
+    seconds = time.perf_counter() - start - info["stats_seconds"]
+    loss, bpc, ppl = metrics_from_nats(nats, count)
+    return EvalResult(
+        loss, bpc, ppl, count, seconds, where["skipped"], where["split"], where["source"],
+        mode="dynamic", dynamic=info,
+    )  # fmt: skip
+
+
+def _cache_result(ckpt, ids, cache_settings, dev, where: dict) -> EvalResult:
+    from charlstm.evaluation.continuous_cache import cache_nats
+
+    start = time.perf_counter()
+    nats, count = cache_nats(ckpt.model, ids, cache_settings, dev)
+    seconds = time.perf_counter() - start
+    loss, bpc, ppl = metrics_from_nats(nats, count)
+    return EvalResult(
+        loss, bpc, ppl, count, seconds, where["skipped"], where["split"], where["source"],
+        mode="cache", cache=asdict(cache_settings),
+    )  # fmt: skip
+
+
+def _static_result(ckpt, ids, dev, precision, batch_size, window, window_hop, where: dict):
+    """Exact (full-stream) or windowed scoring, in the precision asked for."""
+    from charlstm.runtime import autocast_dtype, cuda_precision, keep_freed_memory, use_tf32
+
     dtype = None
     if dev.type == "cuda":
         hidden = ckpt.model.config.hidden_size
@@ -308,8 +324,8 @@ def evaluate(
     seconds = time.perf_counter() - start
     loss, bpc, ppl = metrics_from_nats(nats, count)
     return EvalResult(
-        loss, bpc, ppl, count, seconds, skipped, split_name, source, streams, batch_size,
-        mode="static" if window is None else "window", window=window,
+        loss, bpc, ppl, count, seconds, where["skipped"], where["split"], where["source"],
+        streams, batch_size, mode="static" if window is None else "window", window=window,
         window_hop=None if window is None else window_hop or window // 2, precision=used,
     )  # fmt: skip
 
