@@ -253,3 +253,47 @@ def test_bf16_scheduler_runs(ckpt):
     scheduler = BatchScheduler(ckpt, dtype="bf16")
     texts = scheduler.generate("the", SamplingParams(max_tokens=30, temperature=0), n=2)
     assert len(texts[0]) == 30 and texts[0] == texts[1]
+
+
+def test_logprobs_of_generated_and_prompt_tokens_are_the_models(ckpt):
+    """A stream keeps each sampled token's log-probability under the model's own distribution
+    (temperature 1, unfiltered), whatever it was sampled with, and the prompt's from its pass."""
+    from charlstm.model.checkpoint import load_checkpoint
+
+    scheduler = BatchScheduler(ckpt)
+    prompt = "the cat"
+    params = SamplingParams(max_tokens=30, temperature=0.7, top_k=3, seed=2, logprobs=3,
+                            prompt_logprobs=2)  # fmt: skip
+    (stream,) = scheduler.submit(prompt, params)
+    scheduler.run_until_done([stream])
+    loaded = load_checkpoint(ckpt)
+    ids = torch.from_numpy(loaded.vocab.encode(prompt + stream.text))
+    with torch.no_grad():
+        logits, _ = loaded.model(ids[:, None])
+    logp = torch.log_softmax(logits[:-1, 0].float(), -1)
+    expected = logp.gather(1, ids[1:, None])[:, 0]
+    scores = stream.logprobs
+    assert scores.ids == ids[len(prompt) :].tolist() and scores.ends == list(range(1, 31))
+    assert torch.allclose(torch.tensor(scores.logprobs), expected[len(prompt) - 1 :], atol=1e-4)
+    assert all(len(top) == 3 for top in scores.top_ids)
+    first = stream.prompt_logprobs
+    assert first.logprobs[0] is None and first.ids == ids[: len(prompt)].tolist()
+    assert torch.allclose(torch.tensor(first.logprobs[1:]), expected[: len(prompt) - 1], atol=1e-5)
+    assert [len(top) for top in first.top_ids[1:]] == [2] * (len(prompt) - 1)
+    # without logprobs nothing is kept; out of range is refused
+    (plain,) = scheduler.submit(prompt, SamplingParams(max_tokens=3))
+    scheduler.run_until_done([plain])
+    assert plain.logprobs is None and plain.prompt_logprobs is None
+    with pytest.raises(OptionError, match="logprobs must be an integer from 0 to 20"):
+        scheduler.submit(prompt, SamplingParams(logprobs=21))
+
+
+def test_text_ends_count_characters_of_utf8_bytes():
+    from charlstm.generation.logprobs import TokenLogprobs, text_ends
+
+    ids = np.frombuffer("aé東!".encode(), dtype=np.uint8).astype(np.int64)
+    ends = text_ends(ids, "byte")
+    assert ends == [1, 1, 2, 2, 2, 3, 4]
+    assert text_ends(np.arange(3), "char") == [1, 2, 3]
+    scores = TokenLogprobs(list(ids), [0.0] * 7, [[]] * 7, [[]] * 7, ends)
+    assert [scores.covering(n) for n in range(5)] == [0, 1, 3, 6, 7]

@@ -45,7 +45,8 @@ def ckpt(tmp_path_factory) -> Path:
 
 
 @contextlib.contextmanager
-def running_server(ckpt: Path, api_key: str | None = None, **limits):
+def running_server(ckpt: Path, api_key: str | None = None, app_options: dict | None = None,
+                   **limits):  # fmt: skip
     """The app on an ephemeral 127.0.0.1 port, served by uvicorn in a thread."""
     import uvicorn
 
@@ -54,7 +55,8 @@ def running_server(ckpt: Path, api_key: str | None = None, **limits):
 
     limits = ServeLimits(**{**LIMITS, **limits})
     scheduler = BatchScheduler(ckpt, max_streams=limits.max_streams)
-    app = create_app(scheduler, model_name=run_name(ckpt), api_key=api_key, limits=limits)
+    app = create_app(scheduler, model_name=run_name(ckpt), api_key=api_key, limits=limits,
+                     **(app_options or {}))  # fmt: skip
     sock = _listen("127.0.0.1", 0)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
@@ -189,7 +191,7 @@ def test_seeded_stream_is_unchanged_by_concurrent_and_bad_requests(server):
         ({"prompt": "the"}, 400, "model", "model is required"),
         ({"model": "gpt-4", "prompt": "the"}, 404, "model", "'gpt-4' does not exist"),
         ({"model": "myrun"}, 400, "prompt", "prompt is required"),
-        ({"model": "myrun", "prompt": 7}, 400, "prompt", "a string or a non-empty list"),
+        ({"model": "myrun", "prompt": 7}, 400, "prompt", "a list of token ids"),
         ({"model": "myrun", "prompt": "the", "max_tokens": "9"}, 400, "max_tokens", "integer"),
         ({"model": "myrun", "prompt": "the", "max_tokens": True}, 400, "max_tokens", "integer"),
         ({"model": "myrun", "prompt": "the", "temperature": "hot"}, 400, "temperature", "number"),
@@ -200,13 +202,13 @@ def test_seeded_stream_is_unchanged_by_concurrent_and_bad_requests(server):
         ({"model": "myrun", "prompt": "the", "stream": "yes"}, 400, "stream", "true or false"),
         ({"model": "myrun", "prompt": "the", "stop": ["a", 3]}, 400, "stop", "stop must"),
         ({"model": "myrun", "prompt": "the", "stop": list("abcde")}, 400, "stop", "up to 4"),
-        ({"model": "myrun", "prompt": "the", "logprobs": 3}, 400, "logprobs", "not supported"),
+        ({"model": "myrun", "prompt": "the", "logprobs": 6}, 400, "logprobs", "0 to 5"),
         ({"model": "myrun", "prompt": "the", "topk": 3}, 400, "topk", "unrecognized"),
         ({"model": "myrun", "prompt": "xyz the"}, 400, "prompt", "'x' at 0"),
         ({"model": "myrun", "prompt": "a" * 101}, 400, "prompt", "at most 100"),
         ({"model": "myrun", "prompt": "the", "max_tokens": 401}, 400, "max_tokens", "0 to 400"),
         ({"model": "myrun", "prompt": "the", "n": 4}, 400, "n", "from 1 to 3"),
-        ({"model": "myrun", "prompt": ["a", "t"], "n": 2}, 400, "n", "2 x 2"),
+        ({"model": "myrun", "prompt": ["a", "t"], "n": 3}, 400, "n", "3 x 2"),
         ({"model": "myrun", "prompt": "t", "stream_options": {"include_usage": True}}, 400,
          "stream_options", "only allowed with stream"),
     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -10,6 +11,13 @@ from charlstm.cli import ui
 from charlstm.cli.io import run
 from charlstm.cli.options import CheckpointArg, DeviceOption, SampleDtype, with_options
 from charlstm.serving.limits import ServeLimits
+
+
+class UnknownChars(str, Enum):
+    error = "error"
+    skip = "skip"
+    replace = "replace"
+
 
 app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
@@ -43,6 +51,13 @@ def serve(
         int, typer.Option(help="CPU threads for the model (0: PyTorch's default).")
     ] = 0,
     device: DeviceOption = "cpu",
+    unknown: Annotated[
+        UnknownChars,
+        typer.Option(
+            help="Characters of a prompt or message that the vocabulary lacks: refuse the "
+            "request (400), skip them, or replace them (by U+FFFD, '?' or a space)."
+        ),
+    ] = UnknownChars.error,
 ) -> None:
     """Serve a checkpoint over HTTP with OpenAI's API and a playground page.
 
@@ -54,5 +69,6 @@ def serve(
         ui.error("charlstm serve needs FastAPI and uvicorn: pip install 'charlstm[serve]'")
         raise typer.Exit(1)
     run(serve_checkpoint, checkpoint, host=host, port=port, api_key=api_key, limits=limits,
-         device=device, dtype=dtype.value, threads=threads, on_ready=ui.show_serving)  # fmt: skip
+         device=device, dtype=dtype.value, threads=threads, unknown=unknown.value,
+         on_ready=ui.show_serving)  # fmt: skip
     ui.info("stopped")

@@ -16,6 +16,9 @@ A new request therefore waits at most for the step in progress plus its own prom
 pass before its first character. Every stream draws its randomness from its own generator
 (seeded by its request), exactly one uniform number per character, consumed by the inverse
 CDF of its row: a seeded request writes the same text whatever else shares the batch.
+With `logprobs` (`prompt_logprobs`) a stream also keeps each generated (prompt) token's
+log-probability and top alternatives (`logprobs.py`); the prompt's come from the pass that
+primes the stream.
 
 Plain Python, no HTTP: `submit` requests, then call `step()` yourself or `start()` a worker
 thread that steps while there is work; text arrives through the listener (or `Stream.text`).
@@ -34,6 +37,13 @@ import numpy as np
 import torch
 
 from charlstm.errors import CharLSTMError, OptionError
+from charlstm.generation.logprobs import (
+    MAX_LOGPROBS,
+    TokenLogprobs,
+    prompt_scores,
+    score_tokens,
+    text_ends,
+)
 from charlstm.generation.sampling import DTYPES, FastLSTMStep
 
 MAX_SEED = 2**63 - 1
@@ -47,7 +57,9 @@ class CapacityError(CharLSTMError):
 class SamplingParams:
     """How one stream samples: how many characters at most, temperature (0 is greedy), top-k
     (0: off), nucleus top-p (1: off), a seed (None: fresh entropy), stop sequences (the text
-    ends before the first one, which is not included)."""
+    ends before the first one, which is not included), and whether to keep the log-probability
+    and that many top alternatives of each generated token (`logprobs`) and prompt token
+    (`prompt_logprobs`; None: not kept)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -55,6 +67,8 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def problem(self) -> tuple[str, str] | None:
         """(field, what is wrong) for the first value out of range, or None."""
@@ -74,6 +88,10 @@ class SamplingParams:
             return "seed", f"seed must be an integer from 0 to 2^63-1, got {self.seed!r}"
         if any(not isinstance(s, str) or not s for s in self.stop):
             return "stop", "stop sequences must be non-empty strings"
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(self, name)
+            if k is not None and not (isinstance(k, int) and 0 <= k <= MAX_LOGPROBS):
+                return name, f"{name} must be an integer from 0 to {MAX_LOGPROBS}, got {k!r}"
         return None
 
 
@@ -90,6 +108,8 @@ class Stream:
     text: str = ""
     tokens: int = 0  # characters (ids) sampled so far
     finish_reason: str | None = None  # "length", "stop", "cancelled", "error"
+    logprobs: TokenLogprobs | None = None  # generated tokens' scores, with params.logprobs
+    prompt_logprobs: TokenLogprobs | None = None  # the prompt's, with params.prompt_logprobs
     _held: str = field(default="", repr=False)  # may be the start of a stop sequence
     _holds_slot: bool = field(default=True, repr=False)
 
@@ -261,6 +281,7 @@ class BatchScheduler:
                     params,
                     rng.random(params.max_tokens, dtype=np.float32),
                     self.vocab.stream_decoder(),
+                    logprobs=None if params.logprobs is None else TokenLogprobs(),
                 )
             )
         with self._cond:
@@ -307,12 +328,18 @@ class BatchScheduler:
             )
             ids = sample_rows(self._logits, *params, uniforms)
             ids_np = ids.cpu().numpy()
+            scores = self._scores(rows, ids)
             keep = []
             finished = []
             for r, s in enumerate(rows):
                 if s.done:  # cancelled since the last round
                     continue
-                text, finish = s.advance(s.decode(ids_np[r : r + 1]))
+                piece = s.decode(ids_np[r : r + 1])
+                if scores is not None and s.logprobs is not None:
+                    k = s.params.logprobs
+                    lp, top_ids, top_lps = (column[r] for column in scores)
+                    s.logprobs.append(int(ids_np[r]), lp, top_ids[:k], top_lps[:k], len(piece))
+                text, finish = s.advance(piece)
                 if text or finish:
                     events.append(StreamEvent(s, text, finish))
                 if finish is None:
@@ -341,27 +368,42 @@ class BatchScheduler:
         return events
 
     def _admit(self, group: Sequence[Stream], events: list[StreamEvent]) -> None:
-        """Run the group's shared prompt through the model; its live streams join the batch."""
+        """Run the group's shared prompt through the model (scoring it, if asked); its live
+        streams join the batch (those with max_tokens 0 finish here)."""
         live = [s for s in group if not s.done]
+        scored = [s for s in live if s.params.prompt_logprobs is not None]
+        joining = [s for s in live if s.params.max_tokens > 0]
+        if joining or scored:
+            ids = group[0].prompt_ids
+            if len(ids) == 0:
+                ids = self._context_only  # a newline as context, as `charlstm sample` starts
+            tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
+            logits, (h, c) = self.model(tokens[:, None])  # the whole prompt in one pass
+            if scored and len(group[0].prompt_ids):
+                k = max(s.params.prompt_logprobs for s in scored)
+                ends = text_ends(group[0].prompt_ids, self.vocab.level)
+                scores = prompt_scores(logits[:, 0], tokens, k, ends)
+                for s in scored:
+                    s.prompt_logprobs = scores
         for s in live:
             if s.params.max_tokens == 0:
                 with self._cond:
                     s.finish_reason = "length"
                     self._release(s)
                 events.append(StreamEvent(s, "", "length"))
-        live = [s for s in live if not s.done]
+        live = joining
         if not live:
             return
-        ids = group[0].prompt_ids
-        if len(ids) == 0:
-            ids = self._context_only  # a newline as context, as `charlstm sample` starts
-        tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
-        logits, (h, c) = self.model(tokens[:, None])  # the whole prompt in one pass
         n = len(live)
         self._step.join((h.expand(-1, n, -1), c.expand(-1, n, -1)))
         self._logits = torch.cat([self._logits, logits[-1].float().expand(n, -1)])
         self._rows = self._rows + live
         self._row_params = None
+
+    def _scores(self, rows: list[Stream], ids: torch.Tensor) -> tuple[list, list, list] | None:
+        """The sampled ids' log-probabilities and top alternatives, when a row keeps them."""
+        ks = [s.params.logprobs for s in rows if s.params.logprobs is not None]
+        return score_tokens(self._logits, ids, max(ks)) if ks else None
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-row temperature, top-k and top-p tensors (rebuilt when the batch changes)."""

@@ -14,7 +14,8 @@ class ServeLimits:
 
     max_streams: int = option(64, "Concurrent streams (all requests; more get a 429).")
     max_tokens: int = option(4096, "Largest max_tokens a request may ask.")
-    max_n: int = option(8, "Most choices per request (n x prompts).")
+    max_n: int = option(8, "Most choices per prompt (n).")
+    max_prompts: int = option(32, "Most prompts per request (lm-eval's --batch_size).")
     max_prompt_chars: int = option(8192, "Longest prompt, in characters.")
     max_body_bytes: int = option(256 * 1024, "Largest request body (a bigger one gets a 413).")
 

@@ -32,6 +32,10 @@ from pathlib import Path
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.generation.batching import BatchScheduler, CapacityError, SamplingParams, Stream
 from charlstm.serving.limits import ServeLimits
+from charlstm.serving.prompts import PromptEncoder, parse_prompts
+from charlstm.serving.protocol import APIError
+from charlstm.serving.scoring import MAX_COMPLETION_LOGPROBS, LogprobsWriter
+from charlstm.serving.tokenizer import detokenize, tokenize, tokenizer_info
 
 API_KEY_ENV = "CHARLSTM_API_KEY"
 # fields of OpenAI's completions request we accept (the ones we cannot honour must keep their
@@ -44,38 +48,11 @@ FIELDS = {
 MAX_STOP = 4  # OpenAI's limit on stop sequences
 
 
-class APIError(Exception):
-    """A request refused: HTTP status and OpenAI's error object."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        param: str | None = None,
-        code: str | None = None,
-        kind: str = "invalid_request_error",
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = (
-            status, message, param, code, kind,
-        )  # fmt: skip
-
-    def body(self) -> dict:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.kind,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
-
-
 @dataclass
 class CompletionRequest:
     """A parsed, checked completions request."""
 
-    prompts: list[str]
+    prompts: list[str | list[int]]  # text, or the model's token ids
     params: SamplingParams
     n: int = 1
     stream: bool = False
@@ -121,13 +98,7 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
             "model",
             "model_not_found",
         )
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        prompts = [prompt]
-    elif isinstance(prompt, list) and prompt and all(isinstance(p, str) for p in prompt):
-        prompts = prompt
-    else:
-        raise APIError(400, "prompt is required: a string or a non-empty list of strings", "prompt")
+    prompts = parse_prompts(body.get("prompt"), limits.max_prompts)
     longest = max(len(p) for p in prompts)
     if longest > limits.max_prompt_chars:
         raise APIError(
@@ -143,10 +114,13 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
             400, f"max_tokens must be from 0 to {limits.max_tokens}, got {max_tokens}", "max_tokens"
         )
     n = _typed(body, "n", 1, _is_int, "an integer")
-    if not 1 <= n * len(prompts) <= limits.max_n:
+    if not 1 <= n <= limits.max_n:
+        raise APIError(400, f"n must be from 1 to {limits.max_n}, got {n}", "n")
+    if n * len(prompts) > limits.max_streams:
         raise APIError(
             400,
-            f"n x prompts must be from 1 to {limits.max_n}, got {n} x {len(prompts)}",
+            f"n x prompts is {n} x {len(prompts)}, more streams than this server runs at once "
+            f"({limits.max_streams})",
             "n",
         )
     stop = body.get("stop")
@@ -172,7 +146,6 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
     _typed(body, "user", None, lambda x: isinstance(x, str), "a string")
     # options we cannot honour are accepted only at their neutral value
     neutral = {
-        "logprobs": lambda x: x is None,
         "best_of": lambda x: x is None or (_is_int(x) and x == 1),
         "suffix": lambda x: x is None or x == "",
         "presence_penalty": lambda x: x is None or (_is_number(x) and x == 0),
@@ -182,7 +155,16 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
     for name, is_neutral in neutral.items():
         if not is_neutral(body.get(name)):
             raise APIError(400, f"{name} is not supported by charlstm serve", name)
+    logprobs = _typed(body, "logprobs", None, _is_int, "an integer")
+    if logprobs is not None and not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
+        raise APIError(
+            400,
+            f"logprobs must be from 0 to {MAX_COMPLETION_LOGPROBS}, got {logprobs}",
+            "logprobs",
+        )
     params = SamplingParams(
+        logprobs=logprobs,
+        prompt_logprobs=logprobs if echo else None,
         max_tokens=max_tokens,
         temperature=_typed(body, "temperature", 1.0, _is_number, "a number"),
         top_k=_typed(body, "top_k", 0, _is_int, "an integer"),
@@ -199,8 +181,10 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
 
 
 def run_name(checkpoint: str | Path) -> str:
-    """The model's name in the API: its run's name (the checkpoint's folder)."""
-    return Path(checkpoint).resolve().parent.name or "charlstm"
+    """The model's name in the API: its run's name (the checkpoint's folder), or a model
+    folder's own name."""
+    path = Path(checkpoint).resolve()
+    return (path.name if path.is_dir() else path.parent.name) or "charlstm"
 
 
 def playground_html() -> str:
@@ -213,14 +197,16 @@ def create_app(
     model_name: str,
     api_key: str | None = None,
     limits: ServeLimits | None = None,
+    unknown: str = "error",
 ):
     """The ASGI app (FastAPI) over `scheduler`, whose worker it starts and stops with its
-    lifespan."""
+    lifespan. `unknown`: what happens to characters the vocabulary lacks (`prompts.py`)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
     limits = limits or ServeLimits()
+    encoder = PromptEncoder(scheduler.vocab, unknown)
     queues: dict[Stream, asyncio.Queue] = {}
     loop_box: list[asyncio.AbstractEventLoop] = []
     created = int(time.time())
@@ -258,7 +244,13 @@ def create_app(
 
     @app.exception_handler(HTTPException)
     async def _http_error(request, error: HTTPException):  # 404, 405 in the same shape
-        error = APIError(error.status_code, str(error.detail), code=None)
+        route = f"{request.method} {request.url.path[:200]}"
+        message = str(error.detail)
+        if error.status_code == 404:
+            message = f"no route {route} on this server; see docs/serve.md for its routes"
+        elif error.status_code == 405:
+            message = f"{route}: method not allowed on this route"
+        error = APIError(error.status_code, message, code=None)
         return JSONResponse(error.body(), status_code=error.status)
 
     @app.exception_handler(Exception)
@@ -337,17 +329,38 @@ def create_app(
             raise APIError(404, f"the model {name!r} does not exist", "model", "model_not_found")
         return model_card()
 
+    def json_body(raw: bytes):
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            raise APIError(400, f"the body is not valid JSON ({str(e)[:200]})") from None
+
+    # vLLM's tokenizer routes, at the root and without a key, as vLLM has them (tokenizer.py)
+    @app.get("/tokenizer_info")
+    async def tokenizer_info_route():
+        return tokenizer_info(encoder, limits.max_prompt_chars)
+
+    @app.post("/tokenize")
+    async def tokenize_route(request: Request):
+        body = json_body(await read_body(request))
+        return tokenize(body, encoder, model_name, limits.max_prompt_chars)
+
+    @app.post("/detokenize")
+    async def detokenize_route(request: Request):
+        body = json_body(await read_body(request))
+        return detokenize(body, encoder, model_name, limits.max_prompt_chars)
+
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(request)
         req = parse_completion(await read_body(request), model_name, limits)
-        prompt_ids = []
-        for prompt in req.prompts:
-            try:
-                prompt_ids.append(scheduler.encode_prompt(prompt))
-            except CharLSTMError as e:
-                raise APIError(400, str(e), "prompt") from None
-        cid = f"cmpl-{uuid.uuid4().hex}"
+        prompt_ids = [encoder.prompt(p) for p in req.prompts]
+        return await run_job(request, req, prompt_ids)
+
+    async def run_job(request: Request, req: CompletionRequest, prompt_ids: list, view=None):
+        """Submit the request's streams; stream their events or wait for their text, written
+        by `view` (None: a completions response; chat.py writes chat's)."""
+        cid = f"{'cmpl' if view is None else view.prefix}-{uuid.uuid4().hex}"
         queue: asyncio.Queue = asyncio.Queue()
         streams: list[Stream] = []
         try:
@@ -363,16 +376,18 @@ def create_app(
         except CharLSTMError as e:
             release(streams)
             raise APIError(400, str(e)) from None
-        job = _Job(cid, int(time.time()), model_name, req, prompt_ids, streams, queue)
+        job = _Job(cid, int(time.time()), model_name, req, prompt_ids, streams, queue,
+                   scheduler.vocab)  # fmt: skip
         if req.stream:
-            return _EventStream(job.events(), on_close=lambda: release(streams))
+            events = job.events() if view is None else view.events(job)
+            return _EventStream(events, on_close=lambda: release(streams))
         try:
             await _until_done_or_gone(job, request.receive)
         finally:
             release(streams)
         if not all(s.done for s in streams) or any(s.finish_reason == "error" for s in streams):
             raise APIError(500, "generation failed", kind="server_error")
-        return job.response()
+        return job.response() if view is None else view.response(job)
 
     def release(streams: list[Stream]) -> None:
         """The request is over (done, or its client gone): free what it still holds."""
@@ -411,6 +426,21 @@ class _Job:
     prompt_ids: list
     streams: list[Stream]
     queue: asyncio.Queue
+    vocab: object
+
+    def __post_init__(self) -> None:
+        # what echo writes: the prompt as the model read it (its ids decoded)
+        self.prompt_texts = [self.vocab.decode(ids) if len(ids) else "" for ids in self.prompt_ids]
+        self.scores = {
+            s: LogprobsWriter(
+                self.vocab,
+                s.prompt_logprobs,
+                s.logprobs,
+                len(self._prompt_of(s)) if self.request.echo else 0,
+            )  # fmt: skip
+            for s in self.streams
+            if s.params.logprobs is not None
+        }
 
     def _chunk(self, choices: list[dict], usage: dict | None = None) -> str:
         data = {"id": self.id, "object": "text_completion", "created": self.created,
@@ -426,7 +456,19 @@ class _Job:
                 "total_tokens": prompt + completion}  # fmt: skip
 
     def _prompt_of(self, s: Stream) -> str:
-        return self.request.prompts[s.index // self.request.n]
+        return self.prompt_texts[s.index // self.request.n]
+
+    def _logprobs(self, s: Stream, echo: bool, chars: int | None = None, finish=None):
+        """The choice's logprobs (None without): the prompt's (`echo`), those of the text's
+        first `chars` characters not written yet (with the event's `finish` reason), or with
+        `chars` None all of them, for the whole response."""
+        writer = self.scores.get(s)
+        if writer is None:
+            return None
+        writer.prompt = s.prompt_logprobs or writer.prompt  # set once the prompt has run
+        if chars is None:
+            return writer.whole(self.request.echo, len(s.text), s.finish_reason == "length")
+        return writer.echo() if echo else writer.more(chars, finish == "length")
 
     async def _rounds(self):
         """Batches of events as they arrive (all that piled up since the last batch)."""
@@ -447,10 +489,10 @@ class _Job:
     async def events(self):
         """The server-sent events of a streaming response: text as it comes, one chunk per
         choice per write, each choice's last chunk with its finish_reason, then [DONE]."""
-        if self.request.echo:
-            yield "".join(
-                self._chunk([_choice(s.index, self._prompt_of(s), None)]) for s in self.streams
-            )
+        sent = dict.fromkeys(self.streams, 0)  # characters written, per stream
+        # with echo, a choice starts with its prompt when its first event comes (its prompt
+        # has run through the model then, so its scores are there for logprobs)
+        echo = set(self.streams) if self.request.echo else set()
         async for batch in self._rounds():
             text: dict[Stream, str] = {}
             finish: dict[Stream, str] = {}
@@ -458,9 +500,16 @@ class _Job:
                 text[event.stream] = text.get(event.stream, "") + event.text
                 if event.finish_reason is not None:
                     finish[event.stream] = event.finish_reason
-            yield "".join(
-                self._chunk([_choice(s.index, piece, finish.get(s))]) for s, piece in text.items()
-            )
+            chunks = []
+            for s, piece in text.items():
+                if s in echo:
+                    echo.discard(s)
+                    scores = self._logprobs(s, echo=True, chars=0)
+                    chunks.append(self._chunk([_choice(s.index, self._prompt_of(s), None, scores)]))
+                sent[s] += len(piece)
+                scores = self._logprobs(s, False, sent[s], finish.get(s))
+                chunks.append(self._chunk([_choice(s.index, piece, finish.get(s), scores)]))
+            yield "".join(chunks)
         if self.request.include_usage:
             yield self._chunk([], self.usage())
         yield "data: [DONE]\n\n"
@@ -469,13 +518,13 @@ class _Job:
         choices = []
         for s in self.streams:
             text = (self._prompt_of(s) if self.request.echo else "") + s.text
-            choices.append(_choice(s.index, text, s.finish_reason))
+            choices.append(_choice(s.index, text, s.finish_reason, self._logprobs(s, False)))
         return {"id": self.id, "object": "text_completion", "created": self.created,
                 "model": self.model, "choices": choices, "usage": self.usage()}  # fmt: skip
 
 
-def _choice(index: int, text: str, finish_reason: str | None) -> dict:
-    return {"text": text, "index": index, "logprobs": None, "finish_reason": finish_reason}
+def _choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
+    return {"text": text, "index": index, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def serve_available() -> bool:
@@ -506,10 +555,12 @@ def serve(
     device: str = "cpu",
     dtype: str = "fp32",
     threads: int = 0,
+    unknown: str = "error",
     on_ready: Callable[[dict], None] | None = None,
 ) -> None:
     """Serve `checkpoint` until SIGINT or SIGTERM; then stop taking connections, give running
     streams a few seconds to finish, and return. `threads`: torch's CPU threads (0: as is).
+    `unknown`: characters the vocabulary lacks are refused ("error"), skipped or replaced.
     `on_ready(facts)` is called once the socket listens (facts: url, model, host, port,
     api_key_required)."""
     import signal
@@ -537,7 +588,8 @@ def serve(
     scheduler = BatchScheduler(checkpoint, device=device, dtype=dtype,
                                max_streams=limits.max_streams)  # fmt: skip
     name = run_name(scheduler.checkpoint_path)
-    app = create_app(scheduler, model_name=name, api_key=api_key, limits=limits)
+    app = create_app(scheduler, model_name=name, api_key=api_key, limits=limits,
+                     unknown=unknown)  # fmt: skip
     sock = _listen(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
