@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -58,6 +59,14 @@ def serve(
             "request (400), skip them, or replace them (by U+FFFD, '?' or a space)."
         ),
     ] = UnknownChars.error,
+    chat_template: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON file: how /v1/chat/completions renders a chat into a prompt "
+            "(default: USER:/ASSISTANT: turns, see docs/serve.md).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Serve a checkpoint over HTTP with OpenAI's API and a playground page.
 
@@ -70,5 +79,6 @@ def serve(
         raise typer.Exit(1)
     run(serve_checkpoint, checkpoint, host=host, port=port, api_key=api_key, limits=limits,
          device=device, dtype=dtype.value, threads=threads, unknown=unknown.value,
+         chat_template=chat_template,
          on_ready=ui.show_serving)  # fmt: skip
     ui.info("stopped")

@@ -31,6 +31,14 @@ from pathlib import Path
 
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.generation.batching import BatchScheduler, CapacityError, SamplingParams, Stream
+from charlstm.serving.chat import (
+    CHAT_FIELDS,
+    ChatTemplate,
+    ChatView,
+    chat_messages,
+    default_template,
+    parse_chat,
+)
 from charlstm.serving.limits import ServeLimits
 from charlstm.serving.prompts import PromptEncoder, parse_prompts
 from charlstm.serving.protocol import APIError
@@ -77,29 +85,32 @@ def _typed(body: dict, name: str, default, check: Callable[[object], bool], kind
     return value
 
 
-def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> CompletionRequest:
-    """Parse and check a completions request body; APIError says what is wrong and where."""
+def load_body(raw: bytes, fields: set[str], model_name: str) -> dict:
+    """A request body as a JSON object of known fields, naming this server's model."""
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the body is not valid JSON ({e})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise APIError(400, f"the body is not valid JSON ({str(e)[:200]})") from None
     if not isinstance(body, dict):
         raise APIError(400, "the body must be a JSON object")
-    unknown = sorted(set(body) - FIELDS)
+    unknown = sorted(set(body) - fields)
     if unknown:
-        raise APIError(400, f"unrecognized request argument supplied: {unknown[0]}", unknown[0])
+        name = unknown[0][:80]
+        raise APIError(400, f"unrecognized request argument supplied: {name}", name)
     model = body.get("model")
     if not isinstance(model, str):
         raise APIError(400, "model is required: a string, see GET /v1/models", "model")
     if model != model_name:
         raise APIError(
             404,
-            f"the model {model!r} does not exist; this server has {model_name!r}",
+            f"the model {model[:80]!r} does not exist; this server has {model_name!r}",
             "model",
             "model_not_found",
         )
-    prompts = parse_prompts(body.get("prompt"), limits.max_prompts)
-    longest = max(len(p) for p in prompts)
+    return body
+
+
+def check_prompt_length(longest: int, limits: ServeLimits) -> None:
     if longest > limits.max_prompt_chars:
         raise APIError(
             400,
@@ -108,11 +119,53 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
             "prompt",
             "context_length_exceeded",
         )
-    max_tokens = _typed(body, "max_tokens", 16, _is_int, "an integer")
+
+
+def read_max_tokens(body: dict, name: str, default: int, limits: ServeLimits) -> int:
+    max_tokens = _typed(body, name, default, _is_int, "an integer")
     if not 0 <= max_tokens <= limits.max_tokens:
+        raise APIError(400, f"{name} must be from 0 to {limits.max_tokens}, got {max_tokens}", name)
+    return max_tokens
+
+
+def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> CompletionRequest:
+    """Parse and check a completions request body; APIError says what is wrong and where."""
+    body = load_body(raw, FIELDS, model_name)
+    prompts = parse_prompts(body.get("prompt"), limits.max_prompts)
+    check_prompt_length(max(len(p) for p in prompts), limits)
+    max_tokens = read_max_tokens(body, "max_tokens", 16, limits)
+    echo = _typed(body, "echo", False, lambda x: isinstance(x, bool), "true or false")
+    # options we cannot honour are accepted only at their neutral value
+    neutral = {
+        "best_of": lambda x: x is None or (_is_int(x) and x == 1),
+        "suffix": lambda x: x is None or x == "",
+    }
+    for name, is_neutral in neutral.items():
+        if not is_neutral(body.get(name)):
+            raise APIError(400, f"{name} is not supported by charlstm serve", name)
+    logprobs = _typed(body, "logprobs", None, _is_int, "an integer")
+    if logprobs is not None and not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
         raise APIError(
-            400, f"max_tokens must be from 0 to {limits.max_tokens}, got {max_tokens}", "max_tokens"
+            400,
+            f"logprobs must be from 0 to {MAX_COMPLETION_LOGPROBS}, got {logprobs}",
+            "logprobs",
         )
+    return sampling_request(body, limits, prompts, max_tokens, echo=echo, logprobs=logprobs)
+
+
+def sampling_request(
+    body: dict,
+    limits: ServeLimits,
+    prompts: list,
+    max_tokens: int,
+    *,
+    echo: bool = False,
+    logprobs: int | None = None,
+    stop_after: tuple[str, ...] = (),
+) -> CompletionRequest:
+    """The fields completions and chat share (n, stop, stream, sampling, the neutral ones),
+    checked, with the prompts and max_tokens already read. `stop_after`: stop sequences of the
+    server's own (the chat template's end of turn), added to the request's."""
     n = _typed(body, "n", 1, _is_int, "an integer")
     if not 1 <= n <= limits.max_n:
         raise APIError(400, f"n must be from 1 to {limits.max_n}, got {n}", "n")
@@ -134,7 +187,6 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
             400, f"stop must be a non-empty string or a list of up to {MAX_STOP} of them", "stop"
         )
     stream = _typed(body, "stream", False, lambda x: isinstance(x, bool), "true or false")
-    echo = _typed(body, "echo", False, lambda x: isinstance(x, bool), "true or false")
     options = _typed(body, "stream_options", {}, lambda x: isinstance(x, dict), "an object")
     if options and not stream:
         raise APIError(400, "stream_options is only allowed with stream: true", "stream_options")
@@ -144,10 +196,7 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
         raise APIError(400, "stream_options takes only include_usage: true or false",
                        "stream_options")  # fmt: skip
     _typed(body, "user", None, lambda x: isinstance(x, str), "a string")
-    # options we cannot honour are accepted only at their neutral value
     neutral = {
-        "best_of": lambda x: x is None or (_is_int(x) and x == 1),
-        "suffix": lambda x: x is None or x == "",
         "presence_penalty": lambda x: x is None or (_is_number(x) and x == 0),
         "frequency_penalty": lambda x: x is None or (_is_number(x) and x == 0),
         "logit_bias": lambda x: x is None or x == {},
@@ -155,13 +204,6 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
     for name, is_neutral in neutral.items():
         if not is_neutral(body.get(name)):
             raise APIError(400, f"{name} is not supported by charlstm serve", name)
-    logprobs = _typed(body, "logprobs", None, _is_int, "an integer")
-    if logprobs is not None and not 0 <= logprobs <= MAX_COMPLETION_LOGPROBS:
-        raise APIError(
-            400,
-            f"logprobs must be from 0 to {MAX_COMPLETION_LOGPROBS}, got {logprobs}",
-            "logprobs",
-        )
     params = SamplingParams(
         logprobs=logprobs,
         prompt_logprobs=logprobs if echo else None,
@@ -170,7 +212,7 @@ def parse_completion(raw: bytes, model_name: str, limits: ServeLimits) -> Comple
         top_k=_typed(body, "top_k", 0, _is_int, "an integer"),
         top_p=_typed(body, "top_p", 1.0, _is_number, "a number"),
         seed=_typed(body, "seed", None, _is_int, "an integer"),
-        stop=tuple(stop),
+        stop=tuple(dict.fromkeys([*stop, *stop_after])),
     )
     problem = params.problem()
     if problem is not None:
@@ -198,15 +240,31 @@ def create_app(
     api_key: str | None = None,
     limits: ServeLimits | None = None,
     unknown: str = "error",
+    chat_template: ChatTemplate | None = None,
 ):
     """The ASGI app (FastAPI) over `scheduler`, whose worker it starts and stops with its
-    lifespan. `unknown`: what happens to characters the vocabulary lacks (`prompts.py`)."""
+    lifespan. `unknown`: what happens to characters the vocabulary lacks (`prompts.py`);
+    `chat_template`: how chats become prompts (None: the default, `chat.py`)."""
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
     from starlette.exceptions import HTTPException
 
     limits = limits or ServeLimits()
     encoder = PromptEncoder(scheduler.vocab, unknown)
+    template, chat_problem = chat_template, None
+    lacks = (template or default_template()).unknown_characters(scheduler.vocab)
+    shown = json.dumps(lacks, ensure_ascii=False)[:80]
+    if lacks and template is not None:
+        raise OptionError(
+            f"the chat template writes characters this model lacks: {shown}",
+            "write it with characters the model knows",
+        )
+    if lacks:
+        chat_problem = (
+            f"the default chat template writes characters this model lacks ({shown}); start "
+            "charlstm serve with --chat-template FILE (see docs/serve.md)"
+        )
+    template = template or default_template()
     queues: dict[Stream, asyncio.Queue] = {}
     loop_box: list[asyncio.AbstractEventLoop] = []
     created = int(time.time())
@@ -338,12 +396,34 @@ def create_app(
     # vLLM's tokenizer routes, at the root and without a key, as vLLM has them (tokenizer.py)
     @app.get("/tokenizer_info")
     async def tokenizer_info_route():
-        return tokenizer_info(encoder, limits.max_prompt_chars)
+        info = tokenizer_info(encoder, limits.max_prompt_chars)
+        info["chat_template"] = None if chat_problem else template.to_jinja()
+        return info
 
     @app.post("/tokenize")
     async def tokenize_route(request: Request):
         body = json_body(await read_body(request))
-        return tokenize(body, encoder, model_name, limits.max_prompt_chars)
+        return tokenize(body, encoder, model_name, limits.max_prompt_chars, render_chat)
+
+    def render_chat(messages, add_generation_prompt: bool = True) -> str:
+        if chat_problem:
+            raise APIError(400, chat_problem, "messages")
+        return template.render(chat_messages(messages), add_generation_prompt)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        authorize(request)
+        body = load_body(await read_body(request), CHAT_FIELDS, model_name)
+        if chat_problem:
+            raise APIError(400, chat_problem, "messages")
+        messages, max_tokens_field = parse_chat(body)
+        for i, (_, content) in enumerate(messages):  # an unknown character, named where it is
+            encoder.text(content, "messages", f"messages[{i}].content")
+        prompt = template.render(messages)
+        check_prompt_length(len(prompt), limits)
+        max_tokens = read_max_tokens(body, max_tokens_field, limits.max_tokens, limits)
+        req = sampling_request(body, limits, [prompt], max_tokens, stop_after=template.stop)
+        return await run_job(request, req, [encoder.text(prompt, "messages")], ChatView)
 
     @app.post("/detokenize")
     async def detokenize_route(request: Request):
@@ -556,11 +636,13 @@ def serve(
     dtype: str = "fp32",
     threads: int = 0,
     unknown: str = "error",
+    chat_template: str | Path | None = None,
     on_ready: Callable[[dict], None] | None = None,
 ) -> None:
     """Serve `checkpoint` until SIGINT or SIGTERM; then stop taking connections, give running
     streams a few seconds to finish, and return. `threads`: torch's CPU threads (0: as is).
-    `unknown`: characters the vocabulary lacks are refused ("error"), skipped or replaced.
+    `unknown`: characters the vocabulary lacks are refused ("error"), skipped or replaced;
+    `chat_template`: a JSON file (`chat.py`) instead of the default chat template.
     `on_ready(facts)` is called once the socket listens (facts: url, model, host, port,
     api_key_required)."""
     import signal
@@ -585,11 +667,12 @@ def serve(
 
         # on a small shared CPU one thread often beats two: no hand-offs, no spinning
         torch.set_num_threads(threads)
+    template = None if chat_template is None else ChatTemplate.load(chat_template)
     scheduler = BatchScheduler(checkpoint, device=device, dtype=dtype,
                                max_streams=limits.max_streams)  # fmt: skip
     name = run_name(scheduler.checkpoint_path)
     app = create_app(scheduler, model_name=name, api_key=api_key, limits=limits,
-                     unknown=unknown)  # fmt: skip
+                     unknown=unknown, chat_template=template)  # fmt: skip
     sock = _listen(host, port)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
