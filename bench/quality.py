@@ -243,6 +243,39 @@ def run_one(args, recipe: str, options: dict, seed: int) -> dict:
     return record
 
 
+def dynamic_grid(args) -> None:
+    """`--dynamic` settings on one checkpoint, scored on the first `--chars` characters of its
+    val split (static on the same characters first), one JSON line each: evaluation only, so
+    a grid costs minutes where training costs hours. The statistics are computed once and
+    cached beside the checkpoint, as `charlstm eval --dynamic` does."""
+    import itertools
+
+    from charlstm.data.dataset import load_dataset
+    from charlstm.evaluation.dynamic import DynamicSettings, dynamic_nats
+    from charlstm.evaluation.scoring import stream_nats
+    from charlstm.model.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint)
+    data = (ckpt.payload.get("data") or {}).get("folder")
+    if not data:
+        raise SystemExit("the checkpoint does not name its data folder")
+    ids = np.asarray(load_dataset(data).split("val")[: args.chars])
+    total, count = stream_nats(ckpt.model, ids, 1)
+    rows = [{"checkpoint": str(args.checkpoint), "chars": int(count), "mode": "static",
+             "loss": total / count, "load": loadavg()}]  # fmt: skip
+    print(json.dumps(rows[0]), flush=True)
+    for lr, decay, segment in itertools.product(args.lr, args.decay, args.segment):
+        start = time.perf_counter()
+        settings = DynamicSettings(segment=segment, lr=lr, decay=decay)
+        total, count, _ = dynamic_nats(ckpt, ids, settings)
+        rows.append({"checkpoint": str(args.checkpoint), "chars": int(count), "mode": "dynamic",
+                     "lr": lr, "decay": decay, "segment": segment, "loss": total / count,
+                     "seconds": time.perf_counter() - start, "load": loadavg()})  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
+    with args.results.open("a") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+
+
 def _commit() -> str:
     out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                          text=True, check=False, cwd=Path(__file__).parent)  # fmt: skip
@@ -318,6 +351,13 @@ def main() -> None:
     run.add_argument("--mode", choices=("steps", "wall"), default="steps")
     run.add_argument("--data", default=None, help="tokenized folder (default: bundled corpus)")
     run.add_argument("--no-dynamic", action="store_true", help="static score only")
+    grid = sub.add_parser("dyngrid", help="--dynamic settings on one checkpoint's val prefix")
+    grid.add_argument("checkpoint", type=Path)
+    grid.add_argument("--chars", type=int, default=20_000)
+    grid.add_argument("--lr", type=float, nargs="+", default=[6e-5])
+    grid.add_argument("--decay", type=float, nargs="+", default=[0.01])
+    grid.add_argument("--segment", type=int, nargs="+", default=[20])
+    grid.add_argument("--results", type=Path, default=Path("runs/quality/dynamic.jsonl"))
     table = sub.add_parser("table", help="print the results table")
     for p in (run, table):
         p.add_argument("--results", type=Path, default=Path("runs/quality/results.jsonl"))
@@ -334,6 +374,9 @@ def main() -> None:
         print(json.dumps({"ref_chars_per_s": rates, "median": float(np.median(rates)),
                           "scale": float(np.median(rates)) / REFERENCE_IDLE_CHARS_PER_S,
                           "threads": torch.get_num_threads(), "load": loadavg()}))  # fmt: skip
+        return
+    if args.command == "dyngrid":
+        dynamic_grid(args)
         return
     if args.command == "calibrate":
         calibrate()
