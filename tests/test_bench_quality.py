@@ -94,3 +94,14 @@ def test_a_run_trains_scores_and_appends_one_line_then_skips_it(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "skip" in again.stderr
     assert len(results.read_text().splitlines()) == 1
+    # the --dynamic grid on that run's best.pt: static first, then one line per setting
+    (best,) = (tmp_path / "runs").glob("*/best.pt")
+    grid = tmp_path / "dynamic.jsonl"
+    done = subprocess.run([sys.executable, str(BENCH / "quality.py"), "dyngrid", str(best),
+                           "--chars", "300", "--lr", "0", "1e-4", "--results", str(grid)],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    static, still, adapted = [json.loads(line) for line in grid.read_text().splitlines()]
+    assert static["mode"] == "static" and static["chars"] == still["chars"] == 299
+    assert still["loss"] == pytest.approx(static["loss"], abs=1e-4)  # lr 0: nothing adapts
+    assert adapted["loss"] != still["loss"] and adapted["lr"] == 1e-4
