@@ -269,3 +269,14 @@ def test_served_name_of_a_model_folder_is_the_folder(ckpt, tmp_path, run_cli):
     with running_server(out) as (url, _):
         models = httpx.get(url + "/v1/models").json()
         assert [m["id"] for m in models["data"]] == ["exported-model"]
+
+
+def test_unknown_policy_is_checked_against_the_vocabulary():
+    from charlstm.errors import OptionError
+    from charlstm.serving.prompts import PromptEncoder
+
+    with pytest.raises(OptionError, match="needs U\\+FFFD, '\\?' or a space"):
+        PromptEncoder(Vocab("char", "ab"), "replace")
+    with pytest.raises(OptionError, match="use error, skip or replace"):
+        PromptEncoder(Vocab("char", "ab"), "drop")
+    assert PromptEncoder(Vocab("char", "?ab"), "replace").text("axb").tolist() == [1, 0, 2]
