@@ -26,7 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: pull in
 NOT_CORE = ("fastapi", "uvicorn", "starlette", "onnx", "onnxruntime", "matplotlib", "PIL",
             "psutil", "httpx", "openai", "hypothesis", "tensorboard", "safetensors",
-            "hatchling", "importlinter", "xdist", "wandb", "pooch")  # fmt: skip
+            "hatchling", "importlinter", "xdist", "wandb", "pooch", "lm_eval", "datasets",
+            "langchain_openai", "litellm")  # fmt: skip
 
 CHILD = f"""
 import runpy, sys
