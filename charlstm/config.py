@@ -409,8 +409,40 @@ def cache_root() -> Path:
     env = os.environ.get("CHARLSTM_CACHE")
     if env:
         return Path(env).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    base = os.environ.get("XDG_CACHE_HOME")
+    if not base:
+        try:
+            base = Path.home() / ".cache"
+        except (RuntimeError, KeyError):  # no HOME and no password entry (a bare container)
+            import tempfile
+
+            base = Path(tempfile.gettempdir()) / f"charlstm-cache-{os.getuid()}"
     return Path(base) / "charlstm"
+
+
+def cache_dir(name: str) -> Path:
+    """The cache's folder `name`, created if need be; one that cannot be made or written is
+    one error naming the variable that chose it."""
+    from charlstm.errors import CharLSTMError
+
+    folder = cache_root() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        writable = os.access(folder, os.W_OK | os.X_OK)
+        reason = "it is not writable"
+    except OSError as e:
+        writable, reason = False, e.strerror or str(e)
+    if not writable:
+        chosen = (
+            f"CHARLSTM_CACHE={os.environ['CHARLSTM_CACHE']}"
+            if os.environ.get("CHARLSTM_CACHE")
+            else f"the default cache {cache_root()} (CHARLSTM_CACHE is not set)"
+        )
+        raise CharLSTMError(
+            f"cannot write charlstm's cache folder {folder}: {reason}; it comes from {chosen}",
+            "set CHARLSTM_CACHE to a writable folder",
+        )
+    return folder
 
 
 def cuda_requested(device: str) -> bool:

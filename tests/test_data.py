@@ -73,7 +73,7 @@ def test_a_corrupt_meta_json_names_the_fix(folder, tmp_path):
     (broken / "meta.json").write_text('{"format": "charlstm-tok')
     with pytest.raises(
         CharLSTMError,
-        match="cannot read .*meta.json.*re-run .charlstm tokenize CORPUS --out FOLDER --force",
+        match="cannot read .*meta.json.*re-run .charlstm tokenize CORPUS --out .*broken --force",
     ):
         load_dataset(broken)
     (broken / "meta.json").unlink()

@@ -20,8 +20,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from charlstm.data.corpus import cache_root
-from charlstm.errors import CharLSTMError
+from charlstm.atomic import read_json, remove_stale_temporaries, temp_path, write_text
+from charlstm.config import cache_dir, cache_root  # noqa: F401  (tests patch catalog.cache_root)
+from charlstm.errors import CharLSTMError, OptionError
 
 # a failed download (a dropped connection, a checksum mismatch) is tried again this many times,
 # 1 s, then 2 s later (pooch's back-off)
@@ -100,6 +101,23 @@ def spec(name: str) -> CorpusSpec:
         ) from None
 
 
+def check_url(url: str, option: str = "--url") -> None:
+    """An http(s) address with a host, checked before anything is created or downloaded."""
+    from urllib.parse import urlsplit
+
+    example = f"e.g. {option} https://example.org/mirror/enwik8.zip"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (parsing the port is what checks it)
+    except ValueError as e:
+        raise OptionError(f"{option} {url!r} is not a valid address ({e})", example) from None
+    if parts.scheme not in ("http", "https"):
+        got = f"its scheme is {parts.scheme!r}" if parts.scheme else "it has no http:// or https://"
+        raise OptionError(f"{option} {url!r} is not an http(s) address: {got}", example)
+    if not parts.hostname or any(c.isspace() for c in url):
+        raise OptionError(f"{option} {url!r} is not a valid address (no host, or a space)", example)
+
+
 def _require_pooch():
     try:
         import pooch
@@ -137,7 +155,7 @@ def _download(s: CorpusSpec, url: str, progress: Callable[[int, int | None], Non
     pooch = _require_pooch()
     import requests  # pooch's own dependency
 
-    cache = cache_root() / "downloads"
+    cache = cache_dir("downloads")
     suffix = "".join(Path(url.split("?")[0]).suffixes[-1:])
     fname = f"{s.name}-{(s.download_sha256 or 'unpinned')[:16]}{suffix}"
     registry = pooch.create(path=cache, base_url="", registry={fname: s.download_sha256},
@@ -198,13 +216,16 @@ def fetch(
     not downloaded again while its checksum holds (`force` replaces the text in `folder`).
     """
     s = spec(name)
+    if url is not None:
+        check_url(url)
     folder = Path(folder)
     target = folder / s.filename
     if target.exists() and not force:
         raise CharLSTMError(f"{target} already exists", "pass --force to download it again")
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder, of=target)  # what a killed download left
     source = url or s.url
-    unpacked = folder / f".{s.filename}.unpacked-{os.getpid()}"
+    unpacked = temp_path(target, "unpacked")
     archive = None
     try:
         archive = _download(s, source, progress)
@@ -227,8 +248,9 @@ def fetch(
         unpacked.unlink(missing_ok=True)
         if archive is not None and s.download_sha256 is None:
             archive.unlink(missing_ok=True)  # unpinned: nothing to check a cached copy against
-    (folder / f"{s.filename}.json").write_text(
-        json.dumps({**asdict(s), "source": source, "download_sha256_seen": sha}, indent=2) + "\n"
+    write_text(
+        folder / f"{s.filename}.json",
+        json.dumps({**asdict(s), "source": source, "download_sha256_seen": sha}, indent=2) + "\n",
     )
     return target
 
@@ -272,7 +294,7 @@ def recorded_split(corpus: str | Path | None) -> tuple[float, float] | None:
         return None
     sidecar = Path(f"{corpus}.json")
     try:
-        meta = json.loads(sidecar.read_text())
+        meta = read_json(sidecar)
         return float(meta["val_frac"]), float(meta["test_frac"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, CharLSTMError, ValueError, KeyError, TypeError):
         return None

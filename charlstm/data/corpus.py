@@ -6,6 +6,7 @@ import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from charlstm.config import cache_root  # noqa: F401  (re-exported: catalog and dataset use it)
 from charlstm.errors import CharLSTMError
@@ -80,20 +81,52 @@ def open_source(corpus: str | Path | None) -> Source:
         raise CharLSTMError(f"corpus {path} is not a regular file or folder")
     for f in files:
         try:
-            with open(f, "rb"):
-                pass
+            with open(f, "rb") as fh:
+                kind = model_file_kind(fh)
         except OSError as e:
             raise CharLSTMError(f"cannot read {f}: {e.strerror}", "check its permissions") from None
+        if kind is not None:
+            raise CharLSTMError(
+                f"{f} is {kind}, not text to train on",
+                f"to continue its run: charlstm train --out {f.parent} --resume; to use it: "
+                f"charlstm sample {f} (or eval, inspect, serve); to train, pass a text file or a "
+                "tokenized folder",
+            )
     src = Source(path, files)
     if src.size_bytes == 0:
         raise CharLSTMError(f"corpus {path} is empty", "give it some text")
     return src
 
 
+def model_file_kind(f: BinaryIO) -> str | None:
+    """What a file holds when it is a model rather than text ("a charlstm checkpoint", "a
+    PyTorch file", "safetensors weights"), from its first bytes; None for anything else."""
+    head = f.read(16)
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip with <name>/data.pkl in it
+        import zipfile
+
+        try:
+            f.seek(0)
+            archive = zipfile.ZipFile(f)
+            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+            if not pickles:
+                return None
+            with archive.open(pickles[0]) as pickled:  # its strings are stored as they are
+                ours = b"charlstm-checkpoint" in pickled.read(1 << 20)
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return None
+        return "a charlstm checkpoint" if ours else "a PyTorch file (a model's checkpoint)"
+    if len(head) >= 10 and head[8:10] == b'{"':  # 8-byte header length, then JSON
+        size = int.from_bytes(head[:8], "little")
+        if 0 < size < (100 << 20) and b"dtype" in f.read(min(size, 4096)):
+            return "safetensors weights (a model)"
+    return None
+
+
 def _in_tokenized_folder(file: Path, root: Path) -> bool:
     """Whether `file` lies in a `charlstm tokenize` output inside the corpus folder `root`
     (its ids are not text: never read them back as corpus)."""
-    import json
+    from charlstm.atomic import read_json
 
     for folder in file.parents:
         if folder == root:
@@ -101,12 +134,9 @@ def _in_tokenized_folder(file: Path, root: Path) -> bool:
         meta = folder / "meta.json"
         if meta.is_file():
             try:
-                if (
-                    json.loads(meta.read_text(encoding="utf-8")).get("format")
-                    == "charlstm-tokenized"
-                ):
+                if read_json(meta).get("format") == "charlstm-tokenized":
                     return True
-            except (OSError, ValueError, AttributeError):
+            except (OSError, CharLSTMError, AttributeError):
                 pass
     return False
 

@@ -9,13 +9,14 @@ tensor: each batch gathers its B x (T+1) ids from the `.npy` memmap.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from charlstm.data.corpus import BUNDLED_NAME, bundled_corpus, cache_root, open_source
+from charlstm.atomic import fit_name, read_json
+from charlstm.config import cache_dir
+from charlstm.data.corpus import BUNDLED_NAME, bundled_corpus, open_source
 from charlstm.data.prepare import FORMAT, FORMAT_VERSION, SPLITS, tokenize
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
@@ -45,23 +46,26 @@ def load_dataset(folder: str | Path, name: str | None = None) -> Dataset:
     """Open a folder written by `charlstm tokenize`, checking arrays against meta.json."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
+    again = f"re-run `charlstm tokenize CORPUS --out {folder} --force` to write it again"
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = read_json(meta_path, again)
     except FileNotFoundError:
         raise CharLSTMError(
             f"{folder} is not a tokenized folder (no meta.json)", "run `charlstm tokenize` first"
         ) from None
-    except (OSError, ValueError) as e:
+    marker = meta.get("format") if isinstance(meta, dict) else None
+    if marker != FORMAT:
+        model = "; a model folder is for eval, sample and serve" * (marker == "charlstm-model")
         raise CharLSTMError(
-            f"cannot read {meta_path}: {e}",
-            "re-run `charlstm tokenize CORPUS --out FOLDER --force` to write it again",
-        ) from None
-    if meta.get("format") != FORMAT:
-        raise CharLSTMError(f"{meta_path} is not a charlstm tokenized-data description")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+            f"{meta_path} is not a charlstm tokenized-data description (its format marker is "
+            f"{marker!r}, not {FORMAT!r}): another tool's folder, or no data folder",
+            "tokenize the text into a folder of its own: charlstm tokenize CORPUS --out "
+            f"{folder.parent / (folder.name + '-charlstm')}{model}",
+        )
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
         raise CharLSTMError(
-            f"{folder} was written by a newer charlstm (format {meta.get('format_version')})",
-            "upgrade charlstm",
+            f"{folder} was written by a newer charlstm (format {version!r})", "upgrade charlstm"
         )
     vocab = Vocab.load(folder / "tokenizer.json")
     if vocab.size != meta.get("vocab_size"):
@@ -115,7 +119,7 @@ def resolve_dataset(data: str | Path | None) -> Dataset:
             while block := fh.read(8 << 20):
                 digest.update(block)
     name = BUNDLED_NAME if data is None or src.path == bundled_corpus() else src.name
-    folder = cache_root() / "tokenized" / f"{name}-{digest.hexdigest()[:16]}"
+    folder = cache_dir("tokenized") / fit_name(name, f"-{digest.hexdigest()[:16]}")
     if (folder / "meta.json").exists():
         try:
             return load_dataset(folder, name)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charlstm.atomic import fit_name, read_json
 from charlstm.data.corpus import Source, decode_piece, open_source, read_pieces
 from charlstm.data.vocab import LEVELS, MAX_CODEPOINT, Vocab, codepoints, make_normalizer
 from charlstm.errors import CharLSTMError, OptionError
@@ -80,7 +81,7 @@ def default_out_dir(src: Source, level: str, normalize: str, lowercase: bool) ->
             "-lower" if lowercase else "",
         ]
     )
-    return Path("data") / f"{src.name}{suffix}"
+    return Path("data") / fit_name(src.name, suffix)
 
 
 def _pieces_as_text(src: Source, normalizer, level: str = "char") -> Callable:
@@ -174,8 +175,8 @@ def _write_splits(folder: Path, ids_stream, dtype: np.dtype, bounds: list[int]) 
 def is_tokenized(folder: Path) -> bool:
     """Whether `folder` holds the output of `charlstm tokenize` (its meta.json says so)."""
     try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_json(folder / "meta.json")
+    except (OSError, CharLSTMError):
         return False
     return isinstance(meta, dict) and meta.get("format") == FORMAT
 

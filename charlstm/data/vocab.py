@@ -241,8 +241,12 @@ class Vocab:
 
     @classmethod
     def load(cls, path: str | Path) -> Vocab:
+        from charlstm.atomic import METADATA_MAX_BYTES, read_regular
+
         try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise CharLSTMError(f"cannot read vocabulary {path}: {e.strerror}") from None
+            text = read_regular(path, METADATA_MAX_BYTES).decode("utf-8")
+        except FileNotFoundError:
+            raise CharLSTMError(f"cannot read vocabulary {path}: it does not exist") from None
+        except UnicodeDecodeError:
+            raise CharLSTMError(f"cannot read vocabulary {path}: not UTF-8") from None
         return cls.from_json(text)

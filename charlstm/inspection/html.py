@@ -15,11 +15,11 @@ from __future__ import annotations
 import base64
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 
+from charlstm.atomic import atomic_open
 from charlstm.errors import CharLSTMError
 from charlstm.inspection.analysis import Cell, Inspection, colour_range, default_cell, summary
 
@@ -142,11 +142,9 @@ def write_html(result: Inspection, path: str | Path, force: bool = False) -> int
     leaves no half-written file); returns its size in bytes."""
     path = check_html_path(path, force)
     page = render_html(result).encode("utf-8")
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(page)
-        os.replace(tmp, path)
+        with atomic_open(path) as f:
+            f.write(page)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CharLSTMError(f"cannot write {path}: {e.strerror}") from None
     return len(page)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from charlstm.atomic import atomic_open
+from charlstm.atomic import CHECKPOINT_MAX_BYTES, atomic_open, open_regular
 from charlstm.config import ModelConfig
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
@@ -80,7 +80,7 @@ def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             "--format safetensors",
         )
     try:
-        with open(path, "rb") as f:
+        with open_regular(path, CHECKPOINT_MAX_BYTES, "use a run's last.pt or best.pt") as f:
             head = f.read(4)
     except OSError as e:
         raise CharLSTMError(f"cannot read checkpoint {path}: {e.strerror}") from None

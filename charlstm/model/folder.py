@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from charlstm.atomic import METADATA_MAX_BYTES, read_json, read_regular
 from charlstm.config import ModelConfig
 from charlstm.data.vocab import Vocab
 from charlstm.errors import CharLSTMError
@@ -60,8 +61,8 @@ def is_model_folder(path: Path) -> bool:
     if (path / WEIGHTS).exists():
         return True
     try:
-        config = json.loads((path / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        config = read_json(path / CONFIG)
+    except (OSError, CharLSTMError):
         return False
     return isinstance(config, dict) and config.get("format") == FOLDER_FORMAT
 
@@ -153,7 +154,7 @@ def read_folder(path: str | Path) -> dict:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return read_regular(path, METADATA_MAX_BYTES, EXPORT_AGAIN).decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or "not UTF-8 text"
         raise CharLSTMError(f"cannot read {path}: {reason}", EXPORT_AGAIN) from None

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from charlstm.atomic import fit_name
 from charlstm.config import (
     AUTO_PRESET,
     CPU_DEFAULT_PRESET,
@@ -129,7 +130,7 @@ def default_preset(given: dict) -> str:
 
 
 def default_out(name: str, preset: str) -> Path:
-    return Path("checkpoints") / f"{name}-{preset}"
+    return Path("checkpoints") / fit_name(name, f"-{preset}")
 
 
 def resume_out(name: str, given: dict) -> Path:

@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from charlstm.atomic import METRICS_MAX_BYTES, atomic_open, open_regular, remove_stale_temporaries
 from charlstm.errors import CharLSTMError
 
 
@@ -55,18 +56,20 @@ def read_curves(run_dir: str | Path) -> Curves:
         path = run_dir
     else:
         path = run_dir / "metrics.jsonl"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise CharLSTMError(f"no metrics.jsonl in {run_dir}", "pass a run folder of charlstm train")
+    remove_stale_temporaries(path.parent)
     curves = Curves()
+    fix = "metrics.jsonl is written by charlstm train; remove this one or pass another run"
     try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError as e:
-        raise CharLSTMError(f"cannot read {path}: {e.strerror}") from None
-    for line in lines:
-        try:
-            _add_record(curves, json.loads(line))
-        except (ValueError, TypeError, KeyError, AttributeError):
-            continue
+        with open_regular(path, METRICS_MAX_BYTES, fix) as f:
+            for line in f:
+                try:
+                    _add_record(curves, json.loads(line.decode("utf-8", errors="replace")))
+                except (ValueError, TypeError, KeyError, AttributeError, OverflowError):
+                    continue
+    except FileNotFoundError:
+        raise CharLSTMError(f"{path} is a broken link", fix) from None
     if not curves.train and not curves.val:
         raise CharLSTMError(f"{path} has no training records yet")
     return curves
@@ -162,7 +165,8 @@ def write_png(curves: Curves, path: str | Path, title: str = "") -> Path:
     fig.tight_layout()
     path = Path(path)
     try:
-        fig.savefig(path)
+        with atomic_open(path) as f:  # stopped half way, no torn PNG is left
+            fig.savefig(f, format="png")
     except OSError as e:
         raise CharLSTMError(f"cannot write {path}: {e.strerror}") from None
     return path

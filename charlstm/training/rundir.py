@@ -18,7 +18,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from charlstm.atomic import copy_file, write_text
+from charlstm.atomic import (
+    METRICS_MAX_BYTES,
+    copy_file,
+    open_regular,
+    read_json,
+    remove_stale_temporaries,
+    write_text,
+)
 from charlstm.errors import CharLSTMError
 
 LAST, BEST, METRICS, CONFIG, CURVES = (
@@ -131,7 +138,31 @@ class RunDir:
             f.truncate()
             f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             f.flush()
+            remove_stale_temporaries(self.path)  # what a kill -9 left mid-write
             yield
+
+    def check_owns(self, payload: dict) -> None:
+        """last.pt belongs to the run recorded in this folder's config.json (same run id): a
+        checkpoint copied in from another run is refused, not resumed as this one. Runs from
+        before run ids (or a folder without config.json) have nothing to check against."""
+        mine = self.run_id()
+        theirs = (payload.get("run") or {}).get("run_id") or ""
+        if mine and theirs and mine != theirs:
+            raise CharLSTMError(
+                f"{self.file(LAST)} belongs to another run (run id {theirs}) than the one "
+                f"recorded in {self.file(CONFIG)} (run id {mine}): it was copied or moved here",
+                "resume it from the folder of the run it came from, or start a new run here "
+                "with --force; nothing was changed",
+            )
+
+    def run_id(self) -> str:
+        """The run id config.json records ("" when there is none to read)."""
+        try:
+            record = read_json(self.file(CONFIG), "remove it, or start the run anew with --force")
+        except FileNotFoundError:
+            return ""
+        run_id = record.get("run_id") if isinstance(record, dict) else None
+        return run_id if isinstance(run_id, str) else ""
 
     def clear(self) -> None:
         """--force: remove the old run's files (other files in the folder stay)."""
@@ -163,10 +194,10 @@ class MetricsLog:
         if not self.path.exists():
             return
         keep = []
-        with open(self.path, encoding="utf-8", errors="replace") as f:
+        with open_regular(self.path, METRICS_MAX_BYTES) as f:
             for line in f:
                 try:
-                    record = json.loads(line)
+                    record = json.loads(line.decode("utf-8", errors="replace"))
                     if int(record.get("step", 0)) <= step:
                         keep.append(json.dumps(record))
                 except (ValueError, TypeError, AttributeError):
