@@ -4,6 +4,8 @@ it saves (`payload`) and returns (`result`)."""
 
 from __future__ import annotations
 
+import secrets
+
 import torch
 
 from charlstm.config import TrainConfig
@@ -41,7 +43,9 @@ class Run:
         self.model_config = cfg.model_config(dataset.vocab.size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         model = build_model(self.model_config, cfg.precision, device)
-        self.state = RunState(model, build_optimizer(model, cfg, device))
+        # a new run's id (a resume restores the run's own): what ties last.pt to its folder
+        run_id = dist.broadcast_object(secrets.token_hex(8) if dist.is_main else None)
+        self.state = RunState(model, build_optimizer(model, cfg, device), run_id=run_id)
         if cfg.ema > 0:
             self.state.ema = WeightAverage(model, cfg.ema)
         self.forward_model = forward_model(model, cfg, dist, device)

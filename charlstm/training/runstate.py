@@ -33,6 +33,7 @@ class RunState:
     best_val: float | None = None
     last_val: float | None = None
     skipped_steps: int = 0  # non-finite steps that were not applied
+    run_id: str = ""  # made when the run starts; config.json beside last.pt records it too
     loss_sum: float = 0.0  # train loss since the last log line (so a resume logs the same)
     loss_count: int = 0
     grad_norm_sum: float = 0.0  # gradient norms (before clipping) of those same steps

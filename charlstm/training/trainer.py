@@ -97,6 +97,7 @@ def train(
     if resume:
         run_dir = RunDir(out if out is not None else resume_out(data_name(data), given))
         payload = read_checkpoint(run_dir.check_resumable())
+        run_dir.check_owns(payload)
         cfg = resume_config(payload, given)
     else:
         cfg = _new_config(config, preset, given, overrides)
@@ -193,6 +194,7 @@ class Trainer:
             "train": self.cfg.to_dict(),
             "model": self.run.model_config.to_dict(),
             "data": str(self.run.dataset.folder),
+            "run_id": self.state.run_id,
         }
         with self.writer.opened(config, self.state.step if resumed else None, self.reporter):
             return self.loop()
