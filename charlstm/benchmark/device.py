@@ -179,7 +179,7 @@ def trainer_chars_per_s(ctx: DeviceBench, preset: str, precision: str, steps: in
     from charlstm.training.trainer import train
 
     run = ctx.work / f"train-{preset}-{precision}"
-    train(
+    result = train(
         ctx.data_dir,
         run,
         preset=preset,
@@ -191,6 +191,8 @@ def trainer_chars_per_s(ctx: DeviceBench, preset: str, precision: str, steps: in
         warmup_steps=0,
         precision=precision,
     )
+    if result.interrupted:  # Ctrl-C or SIGTERM stopped the run: it stops the bench too
+        raise KeyboardInterrupt
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     rates = [r["chars_per_s"] for r in records if r["kind"] == "train"][1:]
     return float(np.median(rates))
@@ -308,8 +310,7 @@ def run_device_bench(
 ) -> BenchReport:
     """Run the chosen sections (default: all) on `device`; presets default to the GPU ones
     (small, medium, large) on CUDA and to tiny elsewhere."""
-    import tempfile
-
+    from charlstm.benchmark.scratch import disk_needed, work_folder
     from charlstm.data.corpus import bundled_corpus
     from charlstm.data.dataset import load_dataset
     from charlstm.data.prepare import tokenize
@@ -322,31 +323,31 @@ def run_device_bench(
             f"use {', '.join(SECTIONS)}",
         )
     dev = resolve_device(device)
-    work = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "charlstm-bench"
-    work.mkdir(parents=True, exist_ok=True)
-    # tiny shakespeare; quick, its first 100,000 characters (the runs' validation is seconds)
-    data_dir = work / ("tinyshakespeare-quick" if quick else "tinyshakespeare")
-    if not (data_dir / "meta.json").exists():
-        source = None
-        if quick:
-            source = work / "tinyshakespeare-quick.txt"
-            source.write_text(bundled_corpus().read_text(encoding="utf-8")[:100_000])
-        tokenize(source, data_dir, force=True)
     default = ["small", "medium", "large"] if dev.type == "cuda" else ["tiny"]
-    ctx = DeviceBench(
-        device=dev,
-        work=work,
-        data_dir=data_dir,
-        vocab_size=load_dataset(data_dir).vocab.size,
-        presets=presets or default,
-        quick=quick,
-        say=progress or (lambda _msg: None),
-    )
-    report = BenchReport()
-    report.machine = device_facts(dev)
-    for name, section in SECTIONS.items():
-        if sections is None or name in sections:
-            section(ctx, report)
+    presets = presets or default
+    with work_folder(workdir, disk_needed(0, presets, {"train"})) as work:
+        # tiny shakespeare; quick, its first 100,000 characters (the runs' validation is seconds)
+        data_dir = work / ("tinyshakespeare-quick" if quick else "tinyshakespeare")
+        if not (data_dir / "meta.json").exists():
+            source = None
+            if quick:
+                source = work / "tinyshakespeare-quick.txt"
+                source.write_text(bundled_corpus().read_text(encoding="utf-8")[:100_000])
+            tokenize(source, data_dir, force=True)
+        ctx = DeviceBench(
+            device=dev,
+            work=work,
+            data_dir=data_dir,
+            vocab_size=load_dataset(data_dir).vocab.size,
+            presets=presets,
+            quick=quick,
+            say=progress or (lambda _msg: None),
+        )
+        report = BenchReport()
+        report.machine = device_facts(dev)
+        for name, section in SECTIONS.items():
+            if sections is None or name in sections:
+                section(ctx, report)
     return report
 
 

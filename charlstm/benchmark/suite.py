@@ -24,7 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from charlstm.atomic import atomic_open
+from charlstm.benchmark.scratch import disk_needed, work_folder
 from charlstm.config import PRESETS, ModelConfig
+from charlstm.errors import CharLSTMError, OptionError
 from charlstm.runtime import bf16_gemm_speedup, cpu_flags, has_bf16_units
 
 
@@ -215,6 +218,8 @@ def charlstm_train_chars_per_s(
         warmup_steps=0,
         precision=precision,
     )
+    if result.interrupted:  # Ctrl-C or SIGTERM stopped the run: it stops the bench too
+        raise KeyboardInterrupt
     records = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     steady = [r["chars_per_s"] for r in records if r["kind"] == "train"][1:]
     steady_cps = float(np.median(steady)) if steady else result.chars_per_s
@@ -279,20 +284,40 @@ def nn_lstm_step_chars_per_s(model, length: int) -> float:
 
 
 def peak_rss_mb(args: list[str]) -> float:
-    """Peak resident memory (MB) of a child process running `args`.
+    """Peak resident memory (MB) of a child process running `args`: its own peak, from the
+    resource usage `wait4` returns for it alone. When the bench is stopped (Ctrl-C, SIGTERM)
+    the child is stopped as a user's Ctrl-C would stop it, so it removes its own partial
+    output, and only then does the bench go on stopping."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            stop_child(proc)
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode("utf-8", "replace").strip().splitlines()[-1:]
+            raise CharLSTMError(
+                f"the bench's `{' '.join(args[2:4])}` failed (exit {proc.returncode}): "
+                f"{' '.join(tail)}"
+            )
+    return usage.ru_maxrss / 1024
 
-    A fresh Python parent runs the child and reads RUSAGE_CHILDREN, so the figure is that
-    child's own peak and nothing else's.
-    """
-    probe = (
-        "import resource, subprocess, sys; "
-        "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", probe, *args], check=True, capture_output=True, text=True
-    )
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+def stop_child(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
+    """Stop a child as Ctrl-C does (it may already have had the terminal's), then for good."""
+    import signal
+
+    for action in (None, lambda: proc.send_signal(signal.SIGINT), proc.kill):
+        if action is not None:
+            action()
+        try:
+            proc.wait(timeout=2 if action is None else grace_s)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def make_text(path: Path, n_bytes: int, seed: int = 0) -> Path:
@@ -307,10 +332,9 @@ def make_text(path: Path, n_bytes: int, seed: int = 0) -> Path:
     cjk = [chr(c) for c in range(0x4E00, 0x4E00 + 600)]
     emoji = ["\U0001f600", "\U0001f680", "\u00e9", "\u00fc", "\u2014"]
     lines = base.split("\n")
-    out: list[str] = []
     size = 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    with atomic_open(path, "w") as f:  # stopped half way, no partial text is left
         while size < n_bytes:
             chunk_lines = []
             for line in lines:
@@ -321,10 +345,8 @@ def make_text(path: Path, n_bytes: int, seed: int = 0) -> Path:
                     line = line + " " + str(rng.choice(emoji))
                 chunk_lines.append(line)
             chunk = "\n".join(chunk_lines) + "\n"
-            data = chunk.encode("utf-8")
             f.write(chunk)
-            size += len(data)
-    del out
+            size += len(chunk.encode("utf-8"))
     return path
 
 
@@ -712,35 +734,45 @@ def run_bench(
     """Run the chosen sections (default: all of SECTIONS) and return their rows."""
     from charlstm.data.dataset import load_dataset
     from charlstm.data.prepare import tokenize
-    from charlstm.errors import OptionError
+    from charlstm.model.checkpoint import load_checkpoint
 
+    # every option is checked before anything is measured or written
     unknown = set(sections or ()) - set(SECTIONS)
     if unknown:
         raise OptionError(
             f"unknown --section {', '.join(sorted(unknown))}", f"use {', '.join(SECTIONS)}"
         )
-    work = Path(workdir) if workdir else Path(tempfile.gettempdir()) / "charlstm-bench"
-    work.mkdir(parents=True, exist_ok=True)
-    data_dir = work / "tinyshakespeare"  # tokenized once for the train/eval/sample sections
-    if not (data_dir / "meta.json").exists():
-        tokenize(None, data_dir, force=True)
-    ctx = BenchContext(
-        work=work,
-        dataset=load_dataset(data_dir),
-        presets=presets or (["tiny", "small"] if quick else ["tiny", "small", "medium"]),
-        corpus_mb=corpus_mb,
-        quick=quick,
-        checkpoint=Path(checkpoint) if checkpoint else None,
-        say=progress or (lambda _msg: None),
-    )
-    report = BenchReport()
-    report.machine = {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "cuda": torch.cuda.is_available(),
-    }
-    for name, section in SECTIONS.items():
-        if sections is None or name in sections:
-            section(ctx, report)
+    chosen = set(SECTIONS) if sections is None else set(sections)
+    if isinstance(corpus_mb, bool) or not isinstance(corpus_mb, int) or corpus_mb < 1:
+        raise OptionError(
+            f"--corpus-mb {corpus_mb} is not a size: give a whole number of MB, at least 1",
+            "e.g. --corpus-mb 100 (the default)",
+        )
+    presets = presets or (["tiny", "small"] if quick else ["tiny", "small", "medium"])
+    if checkpoint is not None:  # loaded safely (no pickled code runs), now, not minutes later
+        load_checkpoint(checkpoint)
+    need = disk_needed(corpus_mb, presets, chosen)
+    with work_folder(workdir, need) as work:
+        data_dir = work / "tinyshakespeare"  # tokenized once for the train/eval/sample sections
+        if not (data_dir / "meta.json").exists():
+            tokenize(None, data_dir, force=True)
+        ctx = BenchContext(
+            work=work,
+            dataset=load_dataset(data_dir),
+            presets=presets,
+            corpus_mb=corpus_mb,
+            quick=quick,
+            checkpoint=Path(checkpoint) if checkpoint else None,
+            say=progress or (lambda _msg: None),
+        )
+        report = BenchReport()
+        report.machine = {
+            "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(),
+        }
+        for name, section in SECTIONS.items():
+            if name in chosen:
+                section(ctx, report)
     return report

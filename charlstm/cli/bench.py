@@ -33,7 +33,13 @@ def bench(
     ] = None,
     corpus_mb: Annotated[int, typer.Option(help="Size of the generated big text (MB).")] = 100,
     workdir: Annotated[
-        Path | None, typer.Option(help="Scratch folder. Default: <tmp>/charlstm-bench.")
+        Path | None,
+        typer.Option(
+            help="Work folder, kept afterwards (its generated text and data are reused next "
+            "time; a stopped bench removes what it added). Default: a private folder in the "
+            "system's temporary folder ($TMPDIR), removed when the bench ends.",
+            show_default=False,
+        ),
     ] = None,
     checkpoint: Annotated[
         Path | None,
