@@ -1,6 +1,7 @@
 """The `charlstm` command line: parse, call the library, print. The only module that knows
 Typer. Exit codes: 0 ok, 1 user error (one line on stderr), 2 usage error (an unknown option, a
-malformed or out-of-range value), 130 interrupted, 141 stdout closed by its reader (`| head`).
+malformed or out-of-range value), 130 interrupted (Ctrl-C), 143 stopped by SIGTERM, 141 stdout
+closed by its reader (`| head`). An interruption is one line that says what was kept.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from charlstm.cli import bench, data, evaluate, export, generate, inspect, runs, serve, train, ui
-from charlstm.cli.io import StdoutClosed, emit
+from charlstm.cli.io import KEPT_WHEN_STOPPED, StdoutClosed, Terminated, emit, stop_on_sigterm
 from charlstm.errors import CharLSTMError
 from charlstm.version import __version__
 
@@ -45,10 +46,17 @@ def _hide_flag_types(command) -> None:
 class _Group(TyperGroup):
     """Typer group whose usage errors are one line on stderr (exit 2), like every other error."""
 
+    def resolve_command(self, ctx, args):
+        name, command, rest = super().resolve_command(ctx, args)
+        self.invoked = name  # whose line an interruption prints
+        return name, command, rest
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         _hide_flag_types(self)
+        self.invoked = None
         try:
-            rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with stop_on_sigterm():
+                rc = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except _UsageError as e:
             if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None:
                 # `charlstm` (or `charlstm corpus`) alone: the help (Typer's Rich help has
@@ -65,9 +73,12 @@ class _Group(TyperGroup):
         except _ClickException as e:
             ui.error(e.format_message())
             rc = e.exit_code
-        except (typer.Abort, KeyboardInterrupt):
-            ui.error("interrupted")
-            rc = 130
+        except (typer.Abort, KeyboardInterrupt) as e:
+            # typer.Abort is how Click reports a Ctrl-C inside it (a prompt, a callback)
+            stopped = isinstance(e, Terminated) or isinstance(e.__context__, Terminated)
+            kept = KEPT_WHEN_STOPPED.get(self.invoked or "", "nothing was written")
+            ui.error(f"{'stopped (SIGTERM)' if stopped else 'interrupted'}; {kept}")
+            rc = 143 if stopped else 130
         except StdoutClosed:
             # the reader went away (`charlstm sample ... | head`): stop quietly, as `cat` does
             devnull = os.open(os.devnull, os.O_WRONLY)

@@ -3,13 +3,61 @@ line on stderr and its exit code), and write data to stdout so that a pipe sees 
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import Enum
 
 import typer
 
 from charlstm.cli import ui
 from charlstm.errors import CharLSTMError
+
+#: what each command leaves behind when Ctrl-C (exit 130) or SIGTERM (exit 143) stops it: the
+#: rest of the one line after "interrupted; ". Every file charlstm writes appears whole or not
+#: at all (`charlstm.atomic`), so these are the whole story; tests/test_interrupts.py checks
+#: each one by stopping the command in the middle of its work.
+KEPT_WHEN_STOPPED = {
+    "tokenize": "nothing was written: the output folder appears whole or not at all",
+    "train": "the run folder keeps its last saved checkpoint, whole (continue with --resume); "
+    "a run stopped before its first save wrote nothing",
+    "eval": "nothing was written",
+    "sample": "the text printed so far was kept; an --output file is written whole or not at all",
+    "inspect": "nothing was written (an --html page is written whole or not at all)",
+    "report": "nothing was written (a --png is written whole or not at all)",
+    "info": "nothing was written",
+    "export": "nothing was written: the output folder is as it was",
+    "serve": "the server stopped",
+    "bench": "the bench's own work folder was removed (a --workdir keeps only what it held "
+    "before); no partial file is left",
+    "corpus": "no partial file was kept (a download that finished stays in the cache, checked)",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like Ctrl-C: every `finally` and every atomic
+    write's clean-up runs, and the command exits 143 with its one line."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+@contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does (Python's default would end the process on
+    the spot, leaving partial files and child processes behind). `train` and `serve` put
+    their own handlers in place while they run, for a graceful stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run(fn, *args, **kwargs):
