@@ -43,8 +43,25 @@ def _hide_flag_types(command) -> None:
         _hide_flag_types(sub)
 
 
+class _Stopped(Exception):
+    """A KeyboardInterrupt (Ctrl-C) or a `Terminated` (SIGTERM) out of a command, carried past
+    Typer's own handling to `_Group.main`."""
+
+    def __init__(self, terminated: bool) -> None:
+        super().__init__()
+        self.terminated = terminated
+
+
 class _Group(TyperGroup):
     """Typer group whose usage errors are one line on stderr (exit 2), like every other error."""
+
+    def invoke(self, ctx):
+        # Typer turns a KeyboardInterrupt into a silent exit 130 (newer versions) or Click's
+        # "Aborted!": take it first, to say what was kept
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as e:
+            raise _Stopped(isinstance(e, Terminated)) from None
 
     def resolve_command(self, ctx, args):
         name, command, rest = super().resolve_command(ctx, args)
@@ -73,12 +90,12 @@ class _Group(TyperGroup):
         except _ClickException as e:
             ui.error(e.format_message())
             rc = e.exit_code
-        except (typer.Abort, KeyboardInterrupt) as e:
-            # typer.Abort is how Click reports a Ctrl-C inside it (a prompt, a callback)
-            stopped = isinstance(e, Terminated) or isinstance(e.__context__, Terminated)
+        except (_Stopped, typer.Abort, KeyboardInterrupt) as e:
+            # typer.Abort: how Click reports a Ctrl-C inside itself (a prompt, a callback)
+            terminated = isinstance(e, Terminated) or getattr(e, "terminated", False)
             kept = KEPT_WHEN_STOPPED.get(self.invoked or "", "nothing was written")
-            ui.error(f"{'stopped (SIGTERM)' if stopped else 'interrupted'}; {kept}")
-            rc = 143 if stopped else 130
+            ui.error(f"{'stopped (SIGTERM)' if terminated else 'interrupted'}; {kept}")
+            rc = 143 if terminated else 130
         except StdoutClosed:
             # the reader went away (`charlstm sample ... | head`): stop quietly, as `cat` does
             devnull = os.open(os.devnull, os.O_WRONLY)
