@@ -10,6 +10,7 @@ removed again, so no partial 100 MB text is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -117,7 +118,5 @@ def _remove(paths: list[Path]) -> None:
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:
-            try:
+            with contextlib.suppress(OSError):  # never made, or not ours to remove
                 p.unlink()
-            except OSError:
-                pass  # never made, or not ours to remove

@@ -14,7 +14,14 @@ import typer
 from typer.core import TyperGroup
 
 from charlstm.cli import bench, data, evaluate, export, generate, inspect, runs, serve, train, ui
-from charlstm.cli.io import KEPT_WHEN_STOPPED, StdoutClosed, Terminated, emit, stop_on_sigterm
+from charlstm.cli.io import (
+    KEPT_WHEN_STOPPED,
+    StdoutClosed,
+    Terminated,
+    emit,
+    stop_on_sigterm,
+    utf8_stdout,
+)
 from charlstm.errors import CharLSTMError
 from charlstm.version import __version__
 
@@ -70,6 +77,7 @@ class _Group(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         _hide_flag_types(self)
+        utf8_stdout()
         self.invoked = None
         try:
             with stop_on_sigterm():

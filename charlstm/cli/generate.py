@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from charlstm.cli import ui
-from charlstm.cli.io import emit, run
+from charlstm.cli.io import argv_text, emit, run
 from charlstm.cli.options import CheckpointArg, DeviceOption, SampleDtype
 
 app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
@@ -63,6 +63,8 @@ def sample(
 ) -> None:
     """Generate text from a checkpoint; the text (prime first) is all that goes to stdout."""
     import json
+
+    prime = argv_text(prime)
 
     from charlstm.generation.sampling import (
         check_output,

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from charlstm.cli import ui
-from charlstm.cli.io import emit, run
+from charlstm.cli.io import argv_text, emit, run
 from charlstm.cli.options import CheckpointArg, DeviceOption, Split, Unknown
 from charlstm.errors import CharLSTMError
 
@@ -106,6 +106,7 @@ def inspect_(
     from charlstm.inspection.analysis import inspect_text, to_dict
     from charlstm.inspection.html import check_html_path, write_html
 
+    prime = argv_text(prime)
     if text is not None and prime is not None:
         ui.error("give a TEXT file or --prime, not both")
         raise typer.Exit(2)

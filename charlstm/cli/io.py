@@ -3,6 +3,8 @@ line on stderr and its exit code), and write data to stdout so that a pipe sees 
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import threading
@@ -73,6 +75,30 @@ def run(fn, *args, **kwargs):
 def choices(name: str, values) -> type[Enum]:
     """A str Enum of `values`: how Typer spells a fixed set of choices."""
     return Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
+
+
+def argv_text(value: str | None) -> str | None:
+    """Text given on the command line, as the user typed it. In an ASCII locale without UTF-8
+    mode (`LC_ALL=C PYTHONUTF8=0`) Python decodes each argument's non-ASCII bytes to lone
+    surrogates; the bytes of a terminal's text are UTF-8, so they are decoded as such. (Paths
+    are left alone: the file system takes back exactly the bytes it gave.)"""
+    if value is None or not any("\udc80" <= c <= "\udcff" for c in value):
+        return value
+    try:
+        return os.fsencode(value).decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
+def utf8_stdout() -> None:
+    """Data on stdout is UTF-8 whatever the locale says (an ASCII locale would refuse every
+    character past 127 of a sampled text); stderr, for people, keeps the locale's encoding
+    and escapes what it cannot show."""
+    encoding = (getattr(sys.stdout, "encoding", None) or "").lower().replace("-", "")
+    if sys.stdout is not None and encoding != "utf8":
+        # not a text stream we may change (a test harness's, a closed one): leave it
+        with contextlib.suppress(AttributeError, ValueError, OSError):
+            sys.stdout.reconfigure(encoding="utf-8")  # type: ignore[union-attr]
 
 
 class StdoutClosed(Exception):

@@ -23,6 +23,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+# COLUMNS that is not a positive width (0, which some CI systems and containers set, or junk)
+# would make Rich (and Typer's help) print nothing at all, errors included: it is dropped, and
+# the width is the terminal's, or 80
+_columns = os.environ.get("COLUMNS")
+if _columns is not None and not (_columns.strip().isdigit() and int(_columns) >= 1):
+    del os.environ["COLUMNS"]
 # NO_COLOR (https://no-color.org) turns every escape code off: Rich alone would drop colours
 # but keep bold and italic
 _plain = {"color_system": None} if os.environ.get("NO_COLOR") else {}
