@@ -216,6 +216,7 @@ def broken(run, tmp_path) -> dict[str, Path]:
     return {"missing": tmp_path / "missing.pt", "truncated": truncated, "text": text}
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("command", ["eval", "sample"])
 def test_missing_checkpoint(broken, command):
     assert_clean_error(
@@ -223,6 +224,7 @@ def test_missing_checkpoint(broken, command):
     )
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("command", ["eval", "sample"])
 def test_truncated_checkpoint(broken, command):
     assert_clean_error(
@@ -230,16 +232,19 @@ def test_truncated_checkpoint(broken, command):
     )
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("command", ["eval", "sample"])
 def test_file_that_is_not_a_checkpoint(broken, command):
     assert_clean_error(cli(command, broken["text"]), 1, "not a charlstm checkpoint")
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("command", ["eval", "sample"])
 def test_folder_instead_of_checkpoint(run, command):
     assert_clean_error(cli(command, run["run"]), 1, "is a folder", "best.pt")
 
 
+@pytest.mark.bad_input("sample")
 @pytest.mark.parametrize(
     ("options", "code", "words"),
     [
@@ -259,10 +264,12 @@ def test_bad_sample_options(run, options, code, words):
     assert_clean_error(cli("sample", run["best"], *options), code, *words)
 
 
+@pytest.mark.bad_input("sample")
 def test_sample_output_that_is_a_folder(run, tmp_path):
     assert_clean_error(cli("sample", run["best"], "--output", tmp_path), 1, "is a folder")
 
 
+@pytest.mark.bad_input("sample")
 @pytest.mark.parametrize(
     ("args", "words"),
     [
@@ -275,6 +282,7 @@ def test_sample_usage_errors(run, args, words):
     assert_clean_error(cli("sample", run["best"], *args), 2, *words)
 
 
+@pytest.mark.bad_input("eval")
 def test_eval_text_missing(run, tmp_path):
     assert_clean_error(
         cli("eval", run["best"], "--text", tmp_path / "gone.txt"),
@@ -284,6 +292,7 @@ def test_eval_text_missing(run, tmp_path):
     )
 
 
+@pytest.mark.bad_input("eval")
 def test_eval_text_unreadable(run, tmp_path):
     path = tmp_path / "latin1.txt"
     path.write_bytes("the café".encode("latin-1"))
@@ -291,6 +300,7 @@ def test_eval_text_unreadable(run, tmp_path):
     assert_clean_error(cli("eval", run["best"], "--text", tmp_path), 1, "is a folder")
 
 
+@pytest.mark.bad_input("eval")
 def test_eval_text_with_unknown_characters(run, tmp_path):
     path = tmp_path / "odd.txt"
     path.write_text("the cat sat on the Mat", encoding="utf-8")
@@ -301,11 +311,13 @@ def test_eval_text_with_unknown_characters(run, tmp_path):
     assert scores["skipped"] == 1 and scores["chars"] == len("the cat sat on the at") - 1
 
 
+@pytest.mark.bad_input("eval")
 def test_eval_bad_batch_size(run):
     assert_clean_error(cli("eval", run["best"], "--batch-size", "0"), 2, "--batch-size")
 
 
 # -- bad inputs: train ---------------------------------------------------------------------------
+@pytest.mark.bad_input("train")
 @pytest.mark.parametrize(
     ("options", "words"),
     [
@@ -331,12 +343,14 @@ def test_bad_train_options(run, tmp_path, options, words):
     assert retry.exit_code == 0, retry.stderr
 
 
+@pytest.mark.bad_input("train")
 def test_train_usage_error(run, tmp_path):
     assert_clean_error(
         cli("train", run["data"], "--out", tmp_path / "r", "--preset", "huge"), 2, "--preset"
     )
 
 
+@pytest.mark.bad_input("train")
 @pytest.mark.parametrize("decay", ["1", "-0.1", "1.5"])
 def test_train_ema_outside_0_1_is_a_usage_error(run, tmp_path, decay):
     out = tmp_path / "r"
@@ -358,6 +372,7 @@ def test_train_ema_then_resume_from_the_folder_alone(run, tmp_path):
     assert run_state["step"] == 9 and run_state["ema_updates"] == 9
 
 
+@pytest.mark.bad_input("train")
 def test_train_into_an_existing_run_is_refused_and_changes_nothing(run):
     before = {p.name: p.read_bytes() for p in run["run"].iterdir() if p.is_file()}
     line = assert_clean_error(
@@ -373,6 +388,7 @@ def test_train_into_an_existing_run_is_refused_and_changes_nothing(run):
     assert after == before
 
 
+@pytest.mark.bad_input("train")
 def test_train_resume_without_a_run(run, tmp_path):
     assert_clean_error(
         cli("train", run["data"], "--out", tmp_path / "new", *SMALL, "--resume"),
@@ -381,6 +397,7 @@ def test_train_resume_without_a_run(run, tmp_path):
     )
 
 
+@pytest.mark.bad_input("train")
 def test_train_missing_data(tmp_path):
     assert_clean_error(
         cli("train", tmp_path / "nothing", "--out", tmp_path / "r", *SMALL), 1, "corpus not found"
@@ -414,6 +431,7 @@ def test_train_in_process_then_resume(run, tmp_path):
 
 
 # -- output: files are never overwritten, stdout problems are one line ---------------------------
+@pytest.mark.bad_input("sample")
 def test_sample_output_that_exists_needs_force(run, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("my notes\n", encoding="utf-8")
@@ -448,6 +466,7 @@ def test_samples_as_json_split_back_exactly(run, tmp_path):
     assert json.loads(path.read_text(encoding="utf-8")) == texts
 
 
+@pytest.mark.bad_input("eval, sample")
 def test_a_diverged_checkpoint_is_one_line_for_eval_and_sample(run, tmp_path):
     from charlstm.model.checkpoint import read_checkpoint, save_checkpoint
 
@@ -569,6 +588,7 @@ def test_options_are_declared_once_in_the_library_dataclass(command, cls):
         assert f.metadata["help"].split(" [")[0][:40] in result.output, flag
 
 
+@pytest.mark.bad_input("eval")
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -583,6 +603,7 @@ def test_a_bad_dataclass_option_is_one_line_before_any_work(args, message, tmp_p
     assert message in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.bad_input("serve")
 def test_a_bad_serve_limit_is_one_line():
     result = cli("serve", "nothing.pt", "--max-n", "0")
     assert result.exit_code == 2, result.output

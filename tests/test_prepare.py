@@ -406,6 +406,7 @@ def test_folder_of_empty_files(run_cli, tmp_path, out_dir):
     assert_nothing_written(out_dir)
 
 
+@pytest.mark.bad_input("tokenize")
 def test_invalid_utf8_at_char_level(run_cli, tmp_path, out_dir):
     corpus = write(tmp_path / "bad.txt", b"hello\xffworld\n")
     result = run_cli("tokenize", corpus, "--out", out_dir)
@@ -415,6 +416,7 @@ def test_invalid_utf8_at_char_level(run_cli, tmp_path, out_dir):
     assert_nothing_written(out_dir)
 
 
+@pytest.mark.bad_input("tokenize")
 def test_invalid_utf8_offset_is_absolute_across_chunks_and_files(
     run_cli, tiny_chunks, tmp_path, out_dir
 ):
@@ -426,6 +428,7 @@ def test_invalid_utf8_offset_is_absolute_across_chunks_and_files(
     assert_nothing_written(out_dir)
 
 
+@pytest.mark.bad_input("tokenize")
 @pytest.mark.parametrize(
     ("flags", "empty_split"),
     [
@@ -441,6 +444,7 @@ def test_fractions_that_leave_a_split_empty(run_cli, tmp_path, out_dir, flags, e
     assert_nothing_written(out_dir)
 
 
+@pytest.mark.bad_input("tokenize")
 @pytest.mark.parametrize(
     ("flags", "words"),
     [
@@ -459,6 +463,7 @@ def test_fractions_out_of_range(run_cli, tiny_text, out_dir, flags, words):
     assert_nothing_written(out_dir)
 
 
+@pytest.mark.bad_input("tokenize")
 @pytest.mark.parametrize(
     ("flags", "words"),
     [
@@ -593,6 +598,7 @@ def test_tokenize_command_does_not_import_torch(run_cli_subprocess, tiny_text, t
     assert not {m for m in imported if m == "torch" or m.startswith("torch.")}
 
 
+@pytest.mark.bad_input("tokenize")
 def test_bad_input_in_a_real_process_is_one_line(run_cli_subprocess, tmp_path):
     proc = run_cli_subprocess("tokenize", tmp_path / "nope.txt", "--out", tmp_path / "out")
     assert proc.returncode == 1
@@ -602,6 +608,7 @@ def test_bad_input_in_a_real_process_is_one_line(run_cli_subprocess, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.bad_input("tokenize")
 def test_invalid_utf8_with_byte_level_normalization_points_at_the_right_fix(tmp_path):
     src = tmp_path / "bad.bin"
     src.write_bytes(b"fine text\n\xff\xfe more\n")
@@ -612,6 +619,7 @@ def test_invalid_utf8_with_byte_level_normalization_points_at_the_right_fix(tmp_
 
 
 # -- the output never swallows the corpus ---------------------------------------------------------
+@pytest.mark.bad_input("tokenize")
 def test_output_that_is_or_holds_the_corpus_is_refused(run_cli, tmp_path):
     """`tokenize proj/mytext.txt --out proj --force` once deleted proj/ with the corpus and an
     unrelated file in it; `tokenize texts/ --out texts --force` the whole corpus folder."""
@@ -639,6 +647,7 @@ def test_force_replaces_only_an_earlier_tokenize_output(run_cli, tiny_text, tmp_
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.bad_input("tokenize")
 def test_dot_as_the_output_folder_is_a_clean_refusal(run_cli, tmp_path, monkeypatch):
     corpus = write(tmp_path / "books" / "a.txt", "text\n" * 20)
     monkeypatch.chdir(tmp_path)
