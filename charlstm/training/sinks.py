@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from charlstm.atomic import write_text
+from charlstm.atomic import read_regular, write_text
 from charlstm.config import TrainConfig
 from charlstm.errors import OptionError
 from charlstm.training.rundir import TENSORBOARD, WANDB_ID
@@ -205,7 +205,9 @@ class WandbSink:
         id_file = run_dir / WANDB_ID
         settings = wandb.Settings(silent=True, console="off")  # the library never prints
         common = dict(project=project, dir=str(run_dir), config=config, settings=settings)
-        previous = id_file.read_text().strip() if id_file.is_file() else ""
+        previous = ""
+        if id_file.is_file():  # a run id is 8 hex digits: anything far larger is not one
+            previous = read_regular(id_file, 4096).decode("ascii", "replace").strip()
         if resumed_at is not None and previous:
             self.run = wandb.init(resume_from=f"{previous}?_step={resumed_at}", **common)
         else:
