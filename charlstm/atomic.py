@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,10 @@ NAME_MAX = 255
 #: what a temporary is for: `tmp` a file or folder being written, `old` the folder an atomic
 #: folder write replaces, `unpacked` a download being unpacked
 TEMP_TAGS = ("tmp", "old", "unpacked")
+#: a temporary is stale once its writer is not running here and it has not been written to for
+#: this long: a writer on another machine sharing the folder (NFS) has a process id that means
+#: nothing here, but it keeps its file's modification time fresh while it writes
+STALE_AFTER_S = 60.0
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<tag>tmp|old|unpacked)-(?P<pid>\d+)$", re.S)
 
 
@@ -75,7 +80,8 @@ def pid_alive(pid: int) -> bool:
 
 def remove_stale_temporaries(folder: str | Path, of: str | Path | None = None) -> list[Path]:
     """Remove the temporaries in `folder` (those of the target `of` only, if given) whose
-    writer no longer runs; return what was removed. A folder that an atomic folder write had
+    writer no longer runs (and which nobody wrote to for STALE_AFTER_S); return what was
+    removed. A folder that an atomic folder write had
     moved aside (`.<name>.old-<pid>`) while its replacement was not yet in place is moved back
     instead: it is the only copy."""
     folder = Path(folder)
@@ -93,6 +99,8 @@ def remove_stale_temporaries(folder: str | Path, of: str | Path | None = None) -
         path = Path(entry.path)
         target = folder / match["name"]
         try:
+            if time.time() - entry.stat(follow_symlinks=False).st_mtime < STALE_AFTER_S:
+                continue
             if match["tag"] == "old" and not target.exists() and len(match["name"]) < NAME_MAX:
                 path.rename(target)
                 continue

@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 import charlstm.cli.app
 from charlstm.atomic import (
     NAME_MAX,
+    STALE_AFTER_S,
     atomic_open,
     read_regular,
     remove_stale_temporaries,
@@ -95,6 +96,13 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def age(*paths: Path, seconds: float = STALE_AFTER_S + 1) -> None:
+    """Make files look untouched for `seconds` (a temporary is stale only after a while)."""
+    then = time.time() - seconds
+    for path in paths:
+        os.utime(path, (then, then), follow_symlinks=False)
 
 
 # -- the low mechanisms -----------------------------------------------------------------------
@@ -176,11 +184,14 @@ def test_stale_temporaries_of_dead_writers_go_and_live_ones_stay(tmp_path):
     (tmp_path / f".best.pt.tmp-{os.getpid()}").write_bytes(b"being written")
     (tmp_path / f".out.old-{dead}").mkdir()  # a folder moved aside, its replacement never came
     (tmp_path / "notes.tmp-1").write_text("not ours: no leading dot")
+    (tmp_path / f".fresh.pt.tmp-{dead}").write_bytes(b"another machine may be writing it")
+    age(*[p for p in tmp_path.iterdir() if not p.name.startswith(".fresh")])
     removed = remove_stale_temporaries(tmp_path)
     assert sorted(p.name for p in removed) == sorted([f".last.pt.tmp-{dead}", f".data.tmp-{dead}"])
     assert (tmp_path / f".best.pt.tmp-{os.getpid()}").exists()
     assert (tmp_path / "out").is_dir()  # moved back: it was the only copy
     assert (tmp_path / "notes.tmp-1").exists()
+    assert (tmp_path / f".fresh.pt.tmp-{dead}").exists()  # written to a moment ago: kept
 
 
 # -- kill -9 during a checkpoint write --------------------------------------------------------
@@ -210,6 +221,7 @@ def test_a_checkpoint_write_killed_mid_way_leaves_nothing_after_the_next_run(mad
     torn = run / f".last.pt.tmp-{writer.pid}"
     assert torn.exists()  # what kill -9 leaves
     assert (run / "last.pt").read_bytes() == before  # and last.pt is whole
+    age(torn)  # a minute later
     done = cli("report", run)
     assert done.exit_code == 0, done.stderr
     assert not torn.exists()
@@ -221,6 +233,7 @@ def test_a_resumed_run_removes_what_a_killed_run_left(made, tmp_path):
     dead = dead_pid()
     for name in ("last.pt", "best.pt", "config.json"):
         (run / f".{name}.tmp-{dead}").write_bytes(b"torn")
+        age(run / f".{name}.tmp-{dead}")
     done = cli("train", "--out", run, "--resume", "--steps", 8, "--quiet")
     assert done.exit_code == 0, done.stderr
     assert not list(run.glob(".*.tmp-*"))
