@@ -297,3 +297,57 @@ def test_text_ends_count_characters_of_utf8_bytes():
     assert text_ends(np.arange(3), "char") == [1, 2, 3]
     scores = TokenLogprobs(list(ids), [0.0] * 7, [[]] * 7, [[]] * 7, ends)
     assert [scores.covering(n) for n in range(5)] == [0, 1, 3, 6, 7]
+
+
+def test_a_failing_row_ends_alone(ckpt):
+    """#35: one stream's failure (its decoding raises; its prompt holds an id the model does
+    not have) ends that stream with "error" and a reason; the rest of the batch goes on."""
+    scheduler = BatchScheduler(ckpt)
+    heard = []
+    scheduler.on_error = lambda stream, error: heard.append((stream, error))
+    good = scheduler.submit("the", sampled(1, max_tokens=60), n=2)
+    reference = BatchScheduler(ckpt).generate("the", sampled(1, max_tokens=60), n=2)
+    scheduler.step()
+    scheduler.step()
+    bad = scheduler.submit("cat", sampled(2, max_tokens=60))[0]
+
+    def broken(ids):
+        raise ValueError("a decoder bug")
+
+    bad.decode = broken
+    bad_prompt = scheduler.submit(np.array([1, 10**6]), sampled(3, max_tokens=60))[0]
+    scheduler.run_until_done()
+    assert [s.finish_reason for s in good] == ["length", "length"]
+    assert [s.text for s in good] == reference
+    assert bad.finish_reason == bad_prompt.finish_reason == "error"
+    assert "a decoder bug" in bad.error and "IndexError" in bad_prompt.error
+    assert {id(s) for s, _ in heard} == {id(bad), id(bad_prompt)}
+    assert scheduler.active == 0
+
+
+def test_sampling_options_beyond_range_are_bounded_per_row(ckpt):
+    """A top_k far beyond the vocabulary (10**30 overflowed torch's int64 inside the worker)
+    is "off", and a temperature too small for float32 is greedy; rows beside them are
+    unchanged."""
+    scheduler = BatchScheduler(ckpt)
+    greedy = scheduler.generate("the", SamplingParams(max_tokens=40, temperature=0))[0]
+    huge_k = scheduler.submit("the", sampled(4, max_tokens=40, top_k=10**30))[0]
+    tiny_t = scheduler.submit("the", SamplingParams(max_tokens=40, temperature=1e-30))[0]
+    plain = scheduler.submit("the", sampled(4, max_tokens=40))[0]
+    scheduler.run_until_done()
+    assert huge_k.text == plain.text and huge_k.finish_reason == "length"
+    assert tiny_t.text == greedy
+    assert scheduler.error is None
+
+
+def test_uniforms_drawn_in_chunks_equal_one_draw(ckpt):
+    """A stream's randomness comes in chunks (a max_tokens of a million allocates nothing up
+    front), and the numbers are those of a single draw."""
+    stream = BatchScheduler(ckpt).submit("the", sampled(9, max_tokens=10**6))[0]
+    drawn = []
+    for _ in range(600):
+        drawn.append(stream.next_uniform())
+        assert stream.next_uniform() == drawn[-1]  # asking again gives the same number
+        stream.tokens += 1
+    expected = np.random.default_rng([9, 0]).random(600, dtype=np.float32)
+    assert np.array_equal(np.array(drawn, np.float32), expected)

@@ -195,8 +195,22 @@ def test_seeded_stream_is_unchanged_by_concurrent_and_bad_requests(server):
         ({"model": "myrun", "prompt": "the", "max_tokens": "9"}, 400, "max_tokens", "integer"),
         ({"model": "myrun", "prompt": "the", "max_tokens": True}, 400, "max_tokens", "integer"),
         ({"model": "myrun", "prompt": "the", "temperature": "hot"}, 400, "temperature", "number"),
-        ({"model": "myrun", "prompt": "the", "temperature": -1}, 400, "temperature", ">= 0"),
-        ({"model": "myrun", "prompt": "the", "top_p": 1.5}, 400, "top_p", "(0, 1]"),
+        ({"model": "myrun", "prompt": "the", "temperature": -1}, 400, "temperature", "0 to 100"),
+        ({"model": "myrun", "prompt": "the", "temperature": 1e300}, 400, "temperature", "to 100"),
+        (b'{"model": "myrun", "prompt": "the", "temperature": NaN}', 400, None, "not valid JSON"),
+        (b'{"model": "myrun", "prompt": "the", "top_p": Infinity}', 400, None, "not valid JSON"),
+        ({"model": "myrun", "prompt": "the", "temperature": 10**400}, 400, "temperature", "number"),
+        (b"[" * 1000 + b"]" * 1000, 400, None, "nests 1000 levels deep"),
+        (b'{"model": "myrun", "prompt": ' + b"[" * 900, 400, None, "nests 901 levels deep"),
+        ({"model": "myrun", "prompt": "the", "seed": -1}, 400, "seed", "from 0 to"),
+        ({"model": "myrun", "prompt": "the", "seed": 2**64}, 400, "seed", "from 0 to"),
+        ({"model": "myrun", "prompt": "the", "n": 10**30}, 400, "n", "from 1 to 3"),
+        ({"model": "myrun", "prompt": "the", "max_tokens": -10**30}, 400, "max_tokens", "0 to"),
+        ({"model": "myrun", "prompt": "the", "stop": "s" * 300}, 400, "stop", "at most 256"),
+        ({"model": "myrun", "prompt": "the", "user": 7}, 400, "user", "a string"),
+        ({"model": "myrun", "prompt": ["t"] * 33}, 400, "prompt", "at most 32 per request"),
+        ({"model": "myrun", "prompt": "the", "top_p": 1.5}, 400, "top_p", "above 0 to 1"),
+        ({"model": "myrun", "prompt": "the", "top_p": 0}, 400, "top_p", "above 0 to 1"),
         ({"model": "myrun", "prompt": "the", "top_k": -1}, 400, "top_k", ">= 0"),
         ({"model": "myrun", "prompt": "the", "seed": 1.5}, 400, "seed", "integer"),
         ({"model": "myrun", "prompt": "the", "stream": "yes"}, 400, "stream", "true or false"),
@@ -259,7 +273,7 @@ def test_api_key_is_required_on_every_request(keyed_server):
 def test_stream_limit_and_disconnect_frees_the_slot(ckpt):
     """With 2 slots: two open streams fill them, a third request gets 429; closing one
     client's connection frees its slot without waiting for its text to finish."""
-    with running_server(ckpt, max_streams=2, max_tokens=10**6) as (url, scheduler):
+    with running_server(ckpt, max_streams=2, max_n=2, max_tokens=10**6) as (url, scheduler):
         body = {"model": "myrun", "prompt": "the", "max_tokens": 10**6, "stream": True}
         with httpx.Client(timeout=30) as a, httpx.Client(timeout=30) as b:
             ra = a.send(a.build_request("POST", url + "/v1/completions", json=body), stream=True)
@@ -286,6 +300,79 @@ def test_stream_limit_and_disconnect_frees_the_slot(ckpt):
         while scheduler.active:
             assert time.monotonic() < deadline, "the second slot was not freed"
             time.sleep(0.01)
+
+
+def stream_text(url: str, body: dict, headers: dict | None = None, timeout: float = 60,
+                started: threading.Event | None = None):  # fmt: skip
+    """POST a streaming completion: (text, the finish reasons seen, whether [DONE] came);
+    `started` is set at its first event."""
+    text, reasons, done = "", [], False
+    with httpx.stream("POST", url + "/v1/completions", json={**body, "stream": True},
+                      headers=headers, timeout=timeout) as response:  # fmt: skip
+        assert response.status_code == 200, response.read()
+        for line in response.iter_lines():
+            if line == "data: [DONE]":
+                done = True
+            elif line.startswith("data: {"):
+                if started is not None:
+                    started.set()
+                for choice in json.loads(line[6:])["choices"]:
+                    text += choice["text"]
+                    if choice["finish_reason"] is not None:
+                        reasons.append(choice["finish_reason"])
+    return text, reasons, done
+
+
+class Neighbour:
+    """A normal stream running in a thread beside whatever a test sends."""
+
+    def __init__(self, url: str, max_tokens: int = 400, headers: dict | None = None) -> None:
+        self.body = {"model": "myrun", "prompt": "the", "max_tokens": max_tokens, "seed": 1}
+        self.result: tuple | None = None
+        self.thread = threading.Thread(
+            target=lambda: setattr(self, "result", stream_text(url, self.body, headers))
+        )
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.thread.join(60)
+
+    def finished(self) -> tuple[str, list[str], bool]:
+        self.thread.join(60)
+        assert self.result is not None, "the neighbour stream did not finish"
+        return self.result
+
+
+def test_a_huge_top_k_beside_a_running_stream(server):
+    """#35 item 1: a top_k of 10**30 overflowed inside the batch worker and ended every other
+    stream with "error". Now it is clamped to the vocabulary (off), and the neighbour ends
+    with its length."""
+    url, scheduler = server
+    with Neighbour(url) as neighbour:
+        time.sleep(0.05)
+        body = {"model": "myrun", "prompt": "t", "top_k": 10**30, "max_tokens": 30}
+        for _ in range(5):
+            response = post(url, body)
+            assert response.status_code == 200, response.text
+            assert response.json()["choices"][0]["finish_reason"] == "length"
+    text, reasons, done = neighbour.finished()
+    assert reasons == ["length"] and done and len(text) == 400
+    assert scheduler.error is None, scheduler.error
+
+
+def test_deep_nesting_is_a_400_not_a_recursion_error(ckpt):
+    """#35 item 4: 50,000 [ in a 100 KB body was a 500 RecursionError with a traceback."""
+    with running_server(ckpt, max_body_bytes=200_000) as (url, scheduler):
+        with Neighbour(url, max_tokens=200) as neighbour:
+            for raw in (b"[" * 50_000 + b"]" * 50_000, b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
+                        b'{"model": "myrun", "prompt": ' + b"[" * 99_000):  # fmt: skip
+                response = post(url, raw)
+                assert response.status_code == 400, response.text
+                assert "levels deep; at most 16" in response.json()["error"]["message"]
+        assert neighbour.finished()[1] == ["length"]
 
 
 def playground_run(url: str, key: str | None = None) -> dict:
@@ -354,15 +441,44 @@ def test_serve_without_the_extra_says_how_to_get_it(run_cli, ckpt, monkeypatch):
     "args, message",
     [
         (["--port", "70000"], "--port must be from 0 to 65535"),
-        (["--max-streams", "0"], "--max-streams must be >= 1"),
-        (["--max-tokens", "-3"], "--max-tokens must be >= 1"),
-        (["--api-key", " "], "--api-key is empty"),
+        (["--max-streams", "0"], "--max-streams must be from 1 to 4,096"),
+        (["--max-tokens", "-3"], "--max-tokens must be from 1 to 1,000,000"),
+        (["--max-tokens", "100000000000"], "--max-tokens must be from 1 to 1,000,000"),
+        (["--max-body-bytes", str(2**40)], "--max-body-bytes must be from 1 to"),
+        (["--max-n", "100", "--max-streams", "10"], "--max-n 100 is more than --max-streams 10"),
+        (["--max-tokens", "1000000", "--max-streams", "4096"], "more than half of this machine"),
+        (["--api-key", " "], "the API key (--api-key or CHARLSTM_API_KEY) is empty"),
+        (["--api-key", ""], "the API key (--api-key or CHARLSTM_API_KEY) is empty"),
+        (["--api-key", "clé"], "must be printable ASCII"),
+        (["--api-key", " key"], "must be printable ASCII"),
+        (["--grace-s", "-1"], "--grace-s must be from 0 to 600"),
+        (["--grace-s", "nan"], "--grace-s must be from 0 to 600"),
     ],
 )
 def test_serve_bad_options(run_cli, ckpt, args, message):
     result = run_cli("serve", ckpt, *args)
     assert result.exit_code == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("value", ["", "  ", "\t"])
+def test_serve_refuses_an_empty_key_from_the_environment(run_cli, ckpt, monkeypatch, value):
+    """#35: Click treats an empty CHARLSTM_API_KEY as unset; serve must not run keyless."""
+    monkeypatch.setenv("CHARLSTM_API_KEY", value)
+    result = run_cli("serve", ckpt, "--port", "0")
+    assert result.exit_code == 2, result.stderr
+    assert "is empty" in result.stderr and "unset CHARLSTM_API_KEY" in result.stderr
+
+
+def test_check_config_warns_about_an_open_address_without_a_key():
+    from charlstm.serving.server import ServeLimits, check_config
+
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert check_config(host, 0, None, ServeLimits()) == []
+    assert check_config("0.0.0.0", 0, "k", ServeLimits()) == []
+    (warning,) = check_config("0.0.0.0", 0, None, ServeLimits())
+    assert "without an API key" in warning and "--api-key" in warning
 
 
 def test_serve_missing_checkpoint_and_busy_port(run_cli, ckpt, tmp_path):
@@ -374,8 +490,7 @@ def test_serve_missing_checkpoint_and_busy_port(run_cli, ckpt, tmp_path):
     assert "cannot listen on 127.0.0.1:" in result.stderr and "--port" in result.stderr
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_serve_subprocess_answers_and_stops_gracefully(ckpt, sig):
+def test_serve_subprocess_answers_and_stops_gracefully(ckpt):
     env = {**os.environ, "CHARLSTM_API_KEY": KEY}
     proc = subprocess.Popen(
         [sys.executable, "-m", "charlstm", "serve", str(ckpt), "--port", "0"],
@@ -393,7 +508,7 @@ def test_serve_subprocess_answers_and_stops_gracefully(ckpt, sig):
         response = post(url, body, auth)
         assert response.status_code == 200
         assert response.json()["choices"][0]["text"] == greedy_from(ckpt, "the", 50)
-        proc.send_signal(sig)
+        proc.send_signal(signal.SIGTERM)
         rest = proc.stderr.read()
         assert proc.wait(30) == 0
         assert "stopped" in rest and "Traceback" not in rest
@@ -401,6 +516,92 @@ def test_serve_subprocess_answers_and_stops_gracefully(ckpt, sig):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def start_serve(ckpt: Path, *args: str, env: dict | None = None):
+    """`charlstm serve CKPT --port 0 ARGS` in a child process; (process, its URL)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charlstm", "serve", str(ckpt), "--port", "0", *args],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    line = proc.stderr.readline()
+    found = re.search(r"serving (http://\S+?:\d+)", line)
+    if not found:
+        proc.kill()
+        raise AssertionError(line + proc.stderr.read())
+    return proc, found.group(1).replace("0.0.0.0", "127.0.0.1")
+
+
+def upload_and_vanish(url: str) -> None:
+    """A client that announces a 1,000-byte body, sends 10 bytes and disconnects."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: 1000\r\n\r\n{\"model\": ")  # fmt: skip
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_shutdown_ends_every_request_gracefully(ckpt, sig):
+    """#35 item 3: on SIGTERM / SIGINT an open stream ends with a finish_reason and [DONE]
+    within the grace period, a waiting request gets a 503 in OpenAI's shape, the exit is 0,
+    and the log has one access line per request (a 4xx with its reason; a client that
+    vanished mid-upload in one line) and no traceback."""
+    proc, url = start_serve(ckpt, "--grace-s", "1", "--max-tokens", "1000000")
+    try:
+        long = {"model": "myrun", "prompt": "the", "max_tokens": 1_000_000}
+        waiting: dict = {}
+        started = threading.Event()
+        plain = threading.Thread(target=lambda: waiting.update(p=post(url, long)))
+        stream = threading.Thread(
+            target=lambda: waiting.update(s=stream_text(url, long, started=started))
+        )
+        plain.start(), stream.start()
+        assert post(url, {**long, "top_k": -1}).status_code == 400
+        upload_and_vanish(url)
+        assert started.wait(20)
+        time.sleep(0.3)  # (the non-streaming request is in flight by now)
+        t0 = time.monotonic()
+        proc.send_signal(sig)
+        stream.join(20), plain.join(20)
+        assert time.monotonic() - t0 < 5
+        text, reasons, done = waiting["s"]
+        assert reasons == ["length"] and done and len(text) > 0
+        assert waiting["p"].status_code == 503
+        assert waiting["p"].json()["error"]["code"] == "server_shutting_down"
+        log = proc.stderr.read()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "Traceback" not in log and "Error" not in log.replace("error", ""), log
+    lines = log.strip().splitlines()
+    assert lines[-1] == "stopped"
+    assert sum("POST /v1/completions 400" in x and "top_k must be" in x for x in lines) == 1
+    assert sum("disconnected during the upload" in x for x in lines) == 1
+    assert sum("POST /v1/completions 503" in x for x in lines) == 1
+    assert sum(re.search(r"POST /v1/completions 200 \d+ chars", x) is not None
+               for x in lines) == 1  # fmt: skip
+    assert len(lines) <= 10, log
+
+
+def test_quiet_and_the_warning_for_an_open_address(ckpt):
+    """#34 item 5: --quiet turns the access log off; serving beyond loopback without a key
+    prints one warning line."""
+    proc, url = start_serve(ckpt, "--host", "0.0.0.0", "--quiet")
+    try:
+        assert post(url, {"model": "myrun", "prompt": "t", "max_tokens": 3}).status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        log = proc.stderr.read()
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    warning = ("warning: serving on 0.0.0.0 without an API key: anyone who can reach it may use "
+               "it (pass --api-key or set CHARLSTM_API_KEY)")  # fmt: skip
+    assert log.strip().splitlines() == [warning, "stopped"]
 
 
 def greedy_from(ckpt: Path, prompt: str, n_chars: int) -> str:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -39,8 +42,8 @@ def serve(
     api_key: Annotated[
         str | None,
         typer.Option(
-            envvar="CHARLSTM_API_KEY",
-            help="Require 'Authorization: Bearer KEY' on every API request.",
+            help="Require 'Authorization: Bearer KEY' on every API request (default: the "
+            "CHARLSTM_API_KEY environment variable; set but empty is refused).",
             show_default=False,
         ),
     ] = None,
@@ -51,6 +54,13 @@ def serve(
     threads: Annotated[
         int, typer.Option(help="CPU threads for the model (0: PyTorch's default).")
     ] = 0,
+    grace_s: Annotated[
+        float,
+        typer.Option(help="After SIGTERM / Ctrl-C, seconds running requests may take to finish."),
+    ] = 3.0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", help="No access log (one line per request on stderr).")
+    ] = False,
     device: DeviceOption = "cpu",
     unknown: Annotated[
         UnknownChars,
@@ -71,14 +81,34 @@ def serve(
     """Serve a checkpoint over HTTP with OpenAI's API and a playground page.
 
     The openai client and curl work unchanged; concurrent requests share one batch."""
+    from charlstm.serving.server import API_KEY_ENV, serve_available
     from charlstm.serving.server import serve as serve_checkpoint
-    from charlstm.serving.server import serve_available
 
     if not serve_available():
         ui.error("charlstm serve needs FastAPI and uvicorn: pip install 'charlstm[serve]'")
         raise typer.Exit(1)
+    if api_key is None:
+        # read here, not through Click's envvar: Click treats an empty variable as unset, and
+        # an empty secret from a deploy script must be refused, not served without a key
+        api_key = os.environ.get(API_KEY_ENV)
     run(serve_checkpoint, checkpoint, host=host, port=port, api_key=api_key, limits=limits,
-         device=device, dtype=dtype.value, threads=threads, unknown=unknown.value,
-         chat_template=chat_template,
-         on_ready=ui.show_serving)  # fmt: skip
+         device=device, dtype=dtype.value, threads=threads, grace_s=grace_s,
+         unknown=unknown.value, chat_template=chat_template,
+         on_ready=lambda facts: _ready(facts, quiet))  # fmt: skip
     ui.info("stopped")
+
+
+def _ready(facts, quiet: bool) -> None:
+    ui.show_serving(facts)
+    _log_to_stderr(quiet)
+
+
+def _log_to_stderr(quiet: bool) -> None:
+    """The server's log (access lines, failures) as plain lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("charlstm.serve")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logging.getLogger("charlstm.serve.access").setLevel(logging.WARNING if quiet else logging.INFO)

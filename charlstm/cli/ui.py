@@ -507,6 +507,8 @@ def show_serving(facts: Mapping) -> None:
         f"serving {facts['url']}  model {facts['model']!r}  playground {facts['url']}/  "
         f"API {facts['url']}/v1{key}  (Ctrl-C stops)"
     )
+    for warning in facts.get("warnings", ()):
+        warn(warning)
 
 
 def show_paths(title: str, paths: Mapping[str, Path]) -> None:

@@ -9,7 +9,8 @@ active generation as one row of one batch and runs in rounds:
    one forward pass (shared by the `n` streams of one request) and their (h, c) rows and next-
    character logits are appended;
 2. one character is sampled for every row (per-row temperature, top-k, top-p: one vectorised
-   pass), decoded, checked against the stream's stop sequences and handed to the listener;
+   pass; a row that cannot be sampled fails alone), decoded, checked against the stream's stop
+   sequences and handed to the listener;
 3. finished and cancelled rows leave, and the remaining rows take one `FastLSTMStep`.
 
 A new request therefore waits at most for the step in progress plus its own prompt's forward
@@ -47,6 +48,8 @@ from charlstm.generation.logprobs import (
 from charlstm.generation.sampling import DTYPES, FastLSTMStep
 
 MAX_SEED = 2**63 - 1
+MIN_TEMPERATURE = 1e-6  # below it, sampling is greedy
+UNIFORM_CHUNK = 256  # uniform numbers drawn at a time from a stream's generator
 
 
 class CapacityError(CharLSTMError):
@@ -55,11 +58,11 @@ class CapacityError(CharLSTMError):
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How one stream samples: how many characters at most, temperature (0 is greedy), top-k
-    (0: off), nucleus top-p (1: off), a seed (None: fresh entropy), stop sequences (the text
-    ends before the first one, which is not included), and whether to keep the log-probability
-    and that many top alternatives of each generated token (`logprobs`) and prompt token
-    (`prompt_logprobs`; None: not kept)."""
+    """How one stream samples: how many characters at most, temperature (0, or below 1e-6, is
+    greedy), top-k (0, or beyond the vocabulary: off), nucleus top-p (1: off), a seed (None:
+    fresh entropy), stop sequences (the text ends before the first one, not included), and
+    whether to keep the log-probability and that many top alternatives of each generated token
+    (`logprobs`) and prompt token (`prompt_logprobs`; None: not kept)."""
 
     max_tokens: int = 16
     temperature: float = 1.0
@@ -97,25 +100,41 @@ class SamplingParams:
 
 @dataclass(eq=False)
 class Stream:
-    """One generation: the text produced so far, and why it ended (None while running)."""
+    """One generation: the text produced so far, and why it ended (None while running).
+
+    Another thread may read `text` and then `finish_reason` at any time: the text is complete
+    once the reason is set (the stepping thread appends the text first)."""
 
     request_id: str
     index: int
     prompt_ids: np.ndarray
     params: SamplingParams
-    uniforms: np.ndarray = field(repr=False)  # one per character, from this stream's own RNG
+    rng: np.random.Generator = field(repr=False)  # this stream's own randomness
     decode: Callable = field(repr=False)
     text: str = ""
     tokens: int = 0  # characters (ids) sampled so far
     finish_reason: str | None = None  # "length", "stop", "cancelled", "error"
+    error: str | None = None  # what went wrong, when finish_reason is "error"
     logprobs: TokenLogprobs | None = None  # generated tokens' scores, with params.logprobs
     prompt_logprobs: TokenLogprobs | None = None  # the prompt's, with params.prompt_logprobs
     _held: str = field(default="", repr=False)  # may be the start of a stop sequence
     _holds_slot: bool = field(default=True, repr=False)
+    _uniforms: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32), repr=False)
+    _drawn: int = field(default=0, repr=False)  # uniform numbers drawn so far
 
     @property
     def done(self) -> bool:
         return self.finish_reason is not None
+
+    def next_uniform(self) -> float:
+        """The uniform number of the next character: drawn from the stream's generator in
+        chunks (the same sequence as one draw of max_tokens numbers, without allocating it)."""
+        k = self.tokens - self._drawn + len(self._uniforms)  # its place in the current chunk
+        if k >= len(self._uniforms):
+            self._uniforms = self.rng.random(UNIFORM_CHUNK, dtype=np.float32)
+            self._drawn += UNIFORM_CHUNK
+            k = 0
+        return float(self._uniforms[k])
 
     def advance(self, piece: str) -> tuple[str, str | None]:
         """Take the text of one more character: (text to hand out now, finish reason)."""
@@ -165,10 +184,10 @@ def sample_rows(
     top_p: torch.Tensor,
     uniforms: torch.Tensor,
 ) -> torch.Tensor:
-    """One id per row of `logits` (B, V), each row with its own temperature (0: argmax), top-k
-    (0: off), top-p and uniform number in [0, 1): the same distribution as
+    """One id per row of `logits` (B, V), each row with its own temperature (below 1e-6:
+    argmax), top-k (0: off), top-p and uniform number in [0, 1): the same distribution as
     `sampling.filter_logits`, sampled by inverting the row's CDF at its uniform."""
-    greedy = temperature == 0
+    greedy = temperature < MIN_TEMPERATURE  # 1/temperature would overflow float32
     argmax = logits.argmax(-1)
     if bool(greedy.all()):
         return argmax
@@ -186,12 +205,76 @@ def sample_rows(
     return torch.where(greedy, argmax, order.gather(1, pick)[:, 0])
 
 
+class Admission:
+    """The thread-safe side of a scheduler: slots, the groups waiting to join the batch, and
+    the end of streams (finished, cancelled, failed). Any thread may call it."""
+
+    def __init__(self, max_streams: int) -> None:
+        self.max_streams = max_streams
+        self.used = 0  # slots held: pending or running streams, not yet finished
+        self.closing = False
+        self._pending: list[tuple[Stream, ...]] = []
+        self._cond = threading.Condition()
+
+    def add(self, streams: tuple[Stream, ...]) -> None:
+        with self._cond:
+            if self.closing:
+                raise CharLSTMError("the scheduler is shut down")
+            if self.used + len(streams) > self.max_streams:
+                raise CapacityError(
+                    f"{self.used} of {self.max_streams} streams are running; "
+                    f"{len(streams)} more do not fit",
+                    "retry when some finish",
+                )
+            self.used += len(streams)
+            self._pending.append(streams)
+            self._cond.notify_all()
+
+    def take(self) -> list[tuple[Stream, ...]]:
+        """The groups submitted since the last call."""
+        with self._cond:
+            groups, self._pending = self._pending, []
+        return groups
+
+    def pending(self) -> list[Stream]:
+        with self._cond:
+            return [s for g in self._pending for s in g]
+
+    def end(self, stream: Stream, reason: str, error: str | None = None) -> None:
+        """Set the stream's finish reason (unless it has one) and free its slot."""
+        with self._cond:
+            if stream.finish_reason is None:
+                stream.error = error
+                stream.finish_reason = reason
+            if stream._holds_slot:
+                stream._holds_slot = False
+                self.used -= 1
+            self._cond.notify_all()
+
+    def wait_for_work(self, has_rows: Callable[[], bool]) -> bool:
+        """Block until there is work; False once closing."""
+        with self._cond:
+            while not self.closing and not self._pending and not has_rows():
+                self._cond.wait()
+            return not self.closing
+
+    def close(self) -> None:
+        with self._cond:
+            self.closing = True
+            self._cond.notify_all()
+
+
 class BatchScheduler:
     """Generations from one checkpoint, batched: streams join and leave between steps.
 
-    `submit()` and `cancel()` may be called from any thread; `step()` from one thread at a
-    time (the worker of `start()`, or the caller's own loop). `listener(events)` receives
-    each round's `StreamEvent`s, on the stepping thread.
+    `submit()` and `cancel()` may be called from any thread (they go through `Admission`);
+    `step()` from one thread at a time (the worker of `start()`, or the caller's own loop).
+    `listener(events)` receives each round's `StreamEvent`s on the stepping thread;
+    `on_error(stream, exc)` hears of a stream that failed (None: the whole round failed).
+
+    A failure is confined to the stream that caused it: a group whose prompt cannot run, a row
+    whose sampling or decoding raises, ends alone with finish_reason "error"; the rest of the
+    batch goes on.
     """
 
     def __init__(
@@ -219,21 +302,21 @@ class BatchScheduler:
         self.checkpoint_path = Path(ckpt.path)
         self.model = ckpt.model.to(self.device).eval()
         self.vocab = ckpt.vocab
+        self.vocab_size = self.model.config.vocab_size
         self.max_streams = max_streams
         self.listener = listener
+        self.on_error: Callable[[Stream | None, Exception], None] | None = None
         self.steps = 0  # batch steps taken
-        self.error: Exception | None = None  # what stopped the worker's last failed round
+        self.error: Exception | None = None  # the last failure (a row's or a round's)
         newline = self.vocab.encode_raw("\n")
         self._context_only = newline if len(newline) and newline[0] >= 0 else np.zeros(1, np.int64)
+        self._admission = Admission(max_streams)
         self._step = FastLSTMStep(self.model, 0, DTYPES[dtype])
-        self._logits = torch.empty(0, self.model.config.vocab_size, device=self.device)
+        self._logits = torch.empty(0, self.vocab_size, device=self.device)
         self._rows: list[Stream] = []  # the batch, in row order (stepping thread only)
+        self._row_options: list[tuple[float, int, float]] = []  # (temperature, top_k, top_p)
         self._row_params: tuple[torch.Tensor, ...] | None = None
-        self._pending: list[tuple[Stream, ...]] = []  # submitted groups, not yet joined
-        self._used = 0  # slots held: pending or running streams, not yet finished
         self._ids = itertools.count()
-        self._cond = threading.Condition()
-        self._closing = False
         self._thread: threading.Thread | None = None
 
     # -- requests (any thread) --------------------------------------------------------------
@@ -246,7 +329,7 @@ class BatchScheduler:
     @property
     def active(self) -> int:
         """Streams holding a slot: submitted or running, not yet finished or cancelled."""
-        return self._used
+        return self._admission.used
 
     def submit(
         self,
@@ -273,161 +356,194 @@ class BatchScheduler:
         for i in range(first_index, first_index + n):
             seed = [params.seed, i] if params.seed is not None else None
             rng = np.random.default_rng(seed)  # None: fresh entropy from the OS
-            streams.append(
-                Stream(
-                    request_id,
-                    i,
-                    ids,
-                    params,
-                    rng.random(params.max_tokens, dtype=np.float32),
-                    self.vocab.stream_decoder(),
-                    logprobs=None if params.logprobs is None else TokenLogprobs(),
-                )
-            )
-        with self._cond:
-            if self._closing:
-                raise CharLSTMError("the scheduler is shut down")
-            if self._used + n > self.max_streams:
-                raise CapacityError(
-                    f"{self._used} of {self.max_streams} streams are running; {n} more do not fit",
-                    "retry when some finish",
-                )
-            self._used += n
-            self._pending.append(tuple(streams))
-            self._cond.notify_all()
+            scores = None if params.logprobs is None else TokenLogprobs()
+            decode = self.vocab.stream_decoder()
+            streams.append(Stream(request_id, i, ids, params, rng, decode, logprobs=scores))
+        self._admission.add(tuple(streams))
         return streams
 
-    def cancel(self, stream: Stream) -> None:
-        """Stop a stream now: its slot is free at once, its row leaves before the next step."""
-        with self._cond:
-            if stream.finish_reason is None:
-                stream.finish_reason = "cancelled"
-            self._release(stream)
-            self._cond.notify_all()
-
-    def _release(self, stream: Stream) -> None:  # with self._cond held
-        if stream._holds_slot:
-            stream._holds_slot = False
-            self._used -= 1
+    def cancel(self, stream: Stream, reason: str = "cancelled") -> None:
+        """Stop a stream now with `reason`: its slot is free at once, its row leaves before
+        the next step."""
+        self._admission.end(stream, reason)
 
     # -- stepping (one thread) ---------------------------------------------------------------
     @torch.no_grad()
     def step(self) -> list[StreamEvent]:
         """One round: admit the submitted streams, sample one character for every row, drop
         the rows that finished, advance the rest by one step. Returns the round's events."""
-        with self._cond:
-            groups, self._pending = self._pending, []
         events: list[StreamEvent] = []
-        for group in groups:
-            self._admit(group, events)
-        rows = self._rows
-        if rows:
-            params = self._params()
-            uniforms = torch.tensor(
-                [s.uniforms[s.tokens] for s in rows], dtype=torch.float32, device=self.device
-            )
-            ids = sample_rows(self._logits, *params, uniforms)
-            ids_np = ids.cpu().numpy()
-            scores = self._scores(rows, ids)
-            keep = []
-            finished = []
-            for r, s in enumerate(rows):
-                if s.done:  # cancelled since the last round
-                    continue
-                piece = s.decode(ids_np[r : r + 1])
-                if scores is not None and s.logprobs is not None:
-                    k = s.params.logprobs
-                    lp, top_ids, top_lps = (column[r] for column in scores)
-                    s.logprobs.append(int(ids_np[r]), lp, top_ids[:k], top_lps[:k], len(piece))
-                text, finish = s.advance(piece)
-                if text or finish:
-                    events.append(StreamEvent(s, text, finish))
-                if finish is None:
-                    keep.append(r)
-                else:
-                    finished.append((s, finish))
-            if finished:
-                with self._cond:
-                    for s, finish in finished:
-                        if s.finish_reason is None:  # (unless a cancel came first)
-                            s.finish_reason = finish
-                        self._release(s)
-            if len(keep) < len(rows):
-                index = torch.tensor(keep, dtype=torch.long, device=self.device)
-                self._step.keep(index)
-                ids = ids.index_select(0, index)
-                self._rows = [rows[r] for r in keep]
-                self._row_params = None
-            if self._rows:
-                self._logits = self._step(ids)
-                self.steps += 1
-            else:
-                self._logits = self._logits[:0]
+        for group in self._admission.take():
+            self._admit_isolated(group, events)
+        if self._rows:
+            ids = self._sample()
+            self._emit(ids, events)
+            self._drop_finished(ids)
         if events and self.listener is not None:
             self.listener(events)
         return events
+
+    def _admit_isolated(self, group: Sequence[Stream], events: list[StreamEvent]) -> None:
+        try:
+            self._admit(group, events)
+        except Exception as e:  # this request's prompt or options: it fails alone
+            for s in group:
+                self._fail(s, e, events)
 
     def _admit(self, group: Sequence[Stream], events: list[StreamEvent]) -> None:
         """Run the group's shared prompt through the model (scoring it, if asked); its live
         streams join the batch (those with max_tokens 0 finish here)."""
         live = [s for s in group if not s.done]
-        scored = [s for s in live if s.params.prompt_logprobs is not None]
-        joining = [s for s in live if s.params.max_tokens > 0]
-        if joining or scored:
-            ids = group[0].prompt_ids
-            if len(ids) == 0:
-                ids = self._context_only  # a newline as context, as `charlstm sample` starts
-            tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
-            logits, (h, c) = self.model(tokens[:, None])  # the whole prompt in one pass
-            if scored and len(group[0].prompt_ids):
-                k = max(s.params.prompt_logprobs for s in scored)
-                ends = text_ends(group[0].prompt_ids, self.vocab.level)
-                scores = prompt_scores(logits[:, 0], tokens, k, ends)
-                for s in scored:
-                    s.prompt_logprobs = scores
+        if not any(s.params.max_tokens or s.params.prompt_logprobs is not None for s in live):
+            for s in live:  # nothing to generate or score: no pass
+                self._admission.end(s, "length")
+                events.append(StreamEvent(s, "", "length"))
+            return
+        p = live[0].params
+        # bounded here, before torch sees them: a top_k beyond the vocabulary means "off"
+        options = (float(p.temperature), min(int(p.top_k), self.vocab_size), float(p.top_p))
+        ids = group[0].prompt_ids
+        if len(ids) == 0:
+            ids = self._context_only  # a newline as context, as `charlstm sample` starts
+        tokens = torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)).to(self.device)
+        logits, (h, c) = self.model(tokens[:, None])  # the whole prompt in one pass
+        self._score_prompt(live, logits, tokens)
         for s in live:
             if s.params.max_tokens == 0:
-                with self._cond:
-                    s.finish_reason = "length"
-                    self._release(s)
+                self._admission.end(s, "length")
                 events.append(StreamEvent(s, "", "length"))
-        live = joining
+        live = [s for s in live if not s.done]
         if not live:
             return
         n = len(live)
         self._step.join((h.expand(-1, n, -1), c.expand(-1, n, -1)))
         self._logits = torch.cat([self._logits, logits[-1].float().expand(n, -1)])
         self._rows = self._rows + live
+        self._row_options = self._row_options + [options] * n
         self._row_params = None
 
-    def _scores(self, rows: list[Stream], ids: torch.Tensor) -> tuple[list, list, list] | None:
+    def _score_prompt(self, live: list[Stream], logits: torch.Tensor, tokens: torch.Tensor) -> None:
+        scored = [s for s in live if s.params.prompt_logprobs is not None]
+        prompt_ids = live[0].prompt_ids
+        if scored and len(prompt_ids):
+            k = max(s.params.prompt_logprobs for s in scored)
+            ends = text_ends(prompt_ids, self.vocab.level)
+            scores = prompt_scores(logits[:, 0], tokens, k, ends)
+            for s in scored:
+                s.prompt_logprobs = scores
+
+    def _sample(self) -> torch.Tensor:
+        """One id per row, all rows in one vectorised pass; if that fails, row by row, so
+        that only the rows that fail are lost (they get id -1 and are ended by `_emit`)."""
+        try:
+            uniforms = [s.next_uniform() for s in self._rows]
+            return sample_rows(self._logits, *self._params(), self._tensor(uniforms))
+        except Exception:
+            return torch.stack([self._sample_row(r) for r in range(len(self._rows))])
+
+    def _sample_row(self, r: int) -> torch.Tensor:
+        s = self._rows[r]
+        try:
+            t, k, p = (self._tensor([x]) for x in self._row_options[r])
+            return sample_rows(self._logits[r : r + 1], t, k.long(), p,
+                               self._tensor([s.next_uniform()]))[0]  # fmt: skip
+        except Exception as e:
+            s.error = f"{type(e).__name__}: {e}"
+            self._report(s, e)
+            return torch.tensor(-1, device=self.device)
+
+    def _emit(self, ids: torch.Tensor, events: list[StreamEvent]) -> None:
+        """Decode each row's character, check its stops and length; a row that fails ends alone."""
+        ids_np = ids.cpu().numpy()
+        scores = self._scores(ids)
+        for r, s in enumerate(self._rows):
+            if s.done:  # cancelled since the last round
+                continue
+            try:
+                if ids_np[r] < 0:
+                    raise RuntimeError(s.error or "sampling failed")
+                piece = s.decode(ids_np[r : r + 1])
+                if scores is not None and s.logprobs is not None:
+                    k = s.params.logprobs
+                    lp, top_ids, top_lps = (column[r] for column in scores)
+                    s.logprobs.append(int(ids_np[r]), lp, top_ids[:k], top_lps[:k], len(piece))
+                text, finish = s.advance(piece)
+            except Exception as e:
+                self._fail(s, e, events)
+                continue
+            if finish is not None:
+                self._admission.end(s, finish)
+            if text or finish:
+                events.append(StreamEvent(s, text, finish))
+
+    def _drop_finished(self, ids: torch.Tensor) -> None:
+        """Finished and cancelled rows leave; the rest take one step."""
+        rows = self._rows
+        keep = [r for r, s in enumerate(rows) if not s.done]
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, dtype=torch.long, device=self.device)
+            self._step.keep(index)
+            ids = ids.index_select(0, index)
+            self._rows = [rows[r] for r in keep]
+            self._row_options = [self._row_options[r] for r in keep]
+            self._row_params = None
+        if self._rows:
+            try:
+                self._logits = self._step(ids)
+                self.steps += 1
+            except Exception as e:  # not one row's doing: every running stream ends
+                self._fail_all(e)
+        else:
+            self._logits = self._logits[:0]
+
+    def _scores(self, ids: torch.Tensor) -> tuple[list, list, list] | None:
         """The sampled ids' log-probabilities and top alternatives, when a row keeps them."""
-        ks = [s.params.logprobs for s in rows if s.params.logprobs is not None]
-        return score_tokens(self._logits, ids, max(ks)) if ks else None
+        ks = [s.params.logprobs for s in self._rows if s.params.logprobs is not None]
+        if not ks:
+            return None
+        return score_tokens(self._logits, ids.clamp(min=0), max(ks))  # (-1: a failed row)
 
     def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per-row temperature, top-k and top-p tensors (rebuilt when the batch changes)."""
         if self._row_params is None:
-            p = [s.params for s in self._rows]
-            dev = self.device
-            self._row_params = (
-                torch.tensor([x.temperature for x in p], dtype=torch.float32, device=dev),
-                torch.tensor([x.top_k for x in p], dtype=torch.long, device=dev),
-                torch.tensor([x.top_p for x in p], dtype=torch.float32, device=dev),
-            )
+            t, k, p = zip(*self._row_options, strict=True)
+            self._row_params = (self._tensor(t), self._tensor(k).long(), self._tensor(p))
         return self._row_params
+
+    def _tensor(self, values) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=self.device)
+
+    def _fail(self, s: Stream, e: Exception, events: list[StreamEvent]) -> None:
+        self._admission.end(s, "error", s.error or f"{type(e).__name__}: {e}")
+        events.append(StreamEvent(s, "", "error"))
+        self._report(s, e)
+
+    def _report(self, s: Stream | None, e: Exception) -> None:
+        self.error = e
+        if self.on_error is not None:
+            self.on_error(s, e)
+
+    def _fail_all(self, e: Exception) -> None:
+        events: list[StreamEvent] = []
+        for s in self._rows + [s for g in self._admission.take() for s in g]:
+            if not s.done:
+                self._admission.end(s, "error", f"{type(e).__name__}: {e}")
+                events.append(StreamEvent(s, "", "error"))
+            self._admission.end(s, "error")  # frees the slot of a cancelled row too
+        self._rows, self._row_options, self._row_params = [], [], None
+        self._step.keep(torch.zeros(0, dtype=torch.long, device=self.device))
+        self._logits = self._logits[:0]
+        self._report(None, e)
+        if events and self.listener is not None:
+            self.listener(events)
 
     def run_until_done(self, streams: Sequence[Stream] | None = None) -> None:
         """Step in this thread until `streams` (default: every stream) have finished."""
         while True:
-            with self._cond:
-                waiting = (
-                    streams
-                    if streams is not None
-                    else self._rows + [s for g in self._pending for s in g]
-                )
-                if all(s.done for s in waiting) and (streams is not None or not self._pending):
-                    return
+            pending = self._admission.pending()
+            waiting = streams if streams is not None else self._rows + pending
+            if all(s.done for s in waiting) and (streams is not None or not pending):
+                return
             self.step()
 
     def generate(self, prompt: str, params: SamplingParams | None = None, n: int = 1) -> list[str]:
@@ -444,41 +560,15 @@ class BatchScheduler:
             self._thread.start()
 
     def _work(self) -> None:
-        while True:
-            with self._cond:
-                while not self._closing and not self._pending and not self._rows:
-                    self._cond.wait()
-                if self._closing:
-                    return
+        while self._admission.wait_for_work(lambda: bool(self._rows)):
             try:
                 self.step()
-            except Exception as e:  # a bug: end every stream rather than leave clients waiting
-                self.error = e
-                self._fail_all()
-
-    def _fail_all(self) -> None:
-        with self._cond:
-            groups, self._pending = self._pending, []
-        streams = self._rows + [s for g in groups for s in g]
-        events = []
-        with self._cond:
-            for s in streams:
-                if not s.done:
-                    s.finish_reason = "error"
-                    events.append(StreamEvent(s, "", "error"))
-                self._release(s)
-        self._rows = []
-        self._row_params = None
-        self._step.keep(torch.zeros(0, dtype=torch.long, device=self.device))
-        self._logits = self._logits[:0]
-        if events and self.listener is not None:
-            self.listener(events)
+            except Exception as e:  # a bug outside any one row: end every stream, go on
+                self._fail_all(e)
 
     def close(self) -> None:
         """Stop the worker thread (running streams stay as they are)."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify_all()
+        self._admission.close()
         if self._thread is not None:
             self._thread.join()
             self._thread = None

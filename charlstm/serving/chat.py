@@ -245,7 +245,7 @@ def parse_chat(body: dict) -> tuple[list[tuple[str, str]], str]:
 
 def chunk(job, choices: list[dict], usage: dict | None = None) -> str:
     data = {"id": job.id, "object": "chat.completion.chunk", "created": job.created,
-            "model": job.model, "system_fingerprint": None, "choices": choices}  # fmt: skip
+            "model": job.model, "choices": choices}  # fmt: skip
     if usage is not None:
         data["usage"] = usage
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
@@ -253,7 +253,8 @@ def chunk(job, choices: list[dict], usage: dict | None = None) -> str:
 
 class ChatView:
     """How a chat request's streams are written: `chat.completion` objects, or
-    `chat.completion.chunk` events ending in `data: [DONE]`."""
+    `chat.completion.chunk` events ending in `data: [DONE]` (each with all the text ready for
+    a choice, as the completions events)."""
 
     prefix = "chatcmpl"
 
@@ -266,33 +267,25 @@ class ChatView:
                     {
                         "index": s.index,
                         "delta": {"role": "assistant", "content": ""},
-                        "logprobs": None,
                         "finish_reason": None,
                     }
                 ],
             )  # fmt: skip
             for s in job.streams
         )
-        async for batch in job._rounds():
-            text: dict = {}
-            finish: dict = {}
-            for event in batch:
-                text[event.stream] = text.get(event.stream, "") + event.text
-                if event.finish_reason is not None:
-                    finish[event.stream] = event.finish_reason
+        async for pieces in job.rounds():
             yield "".join(
                 chunk(
                     job,
                     [
                         {
                             "index": s.index,
-                            "delta": {"content": piece} if piece else {},
-                            "logprobs": None,
-                            "finish_reason": finish.get(s),
+                            "delta": {"content": text} if text else {},
+                            "finish_reason": reason,
                         }
                     ],
                 )  # fmt: skip
-                for s, piece in text.items()
+                for s, text, reason in pieces
             )
         if job.request.include_usage:
             yield chunk(job, [], job.usage())

@@ -19,38 +19,6 @@ UNKNOWN_POLICIES = ("error", "skip", "replace")
 REPLACEMENTS = ("\ufffd", "?", " ")  # for --unknown replace: the first one the vocabulary has
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_ids(x) -> bool:
-    return isinstance(x, list) and bool(x) and all(_is_int(i) for i in x)
-
-
-def parse_prompts(prompt, max_prompts: int) -> list[str | list[int]]:
-    """OpenAI's prompt shapes, as a list of prompts (each text, or a list of token ids): a
-    string, a list of strings, a list of ids, a list of lists of ids."""
-    shapes = "a string, a list of strings, a list of token ids or a list of such lists"
-    if isinstance(prompt, str) or _is_ids(prompt):
-        prompts = [prompt]
-    elif (
-        isinstance(prompt, list)
-        and prompt
-        and (all(isinstance(p, str) for p in prompt) or all(_is_ids(p) for p in prompt))
-    ):
-        prompts = prompt
-    else:
-        raise APIError(400, f"prompt is required: {shapes}", "prompt")
-    if len(prompts) > max_prompts:
-        raise APIError(
-            400,
-            f"prompt has {len(prompts)} prompts; this server takes at most {max_prompts} "
-            "per request (--max-prompts)",
-            "prompt",
-        )
-    return prompts
-
-
 class PromptEncoder:
     """Text and token ids to the model's ids, under one `--unknown` policy."""
 
