@@ -607,4 +607,4 @@ def test_a_bad_dataclass_option_is_one_line_before_any_work(args, message, tmp_p
 def test_a_bad_serve_limit_is_one_line():
     result = cli("serve", "nothing.pt", "--max-n", "0")
     assert result.exit_code == 2, result.output
-    assert "--max-n must be >= 1" in result.output and "Traceback" not in result.output
+    assert "--max-n must be from 1 to 128" in result.output and "Traceback" not in result.output
