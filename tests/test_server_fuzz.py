@@ -90,7 +90,7 @@ COMPLETION_FIELDS = {
     "echo": st.booleans(),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
     "user": st.text(max_size=10),
-    "logprobs": st.none(),
+    "logprobs": st.integers(0, 5) | edge_ints,
     "best_of": st.just(1),
     "presence_penalty": st.just(0),
 }
@@ -161,3 +161,30 @@ def test_fuzz_completions(fuzz_server):
 def test_fuzz_model_names(fuzz_server, name):
     response = httpx.get(fuzz_server[0] + "/v1/models/" + quote(name, safe=""), timeout=30)
     check_answer(response)
+
+
+TOKENIZE_FIELDS = {
+    "model": st.just("myrun"),
+    "prompt": prompts,
+    "messages": st.lists(
+        st.fixed_dictionaries({"role": st.sampled_from(["user", "system"]), "content": prompts}),
+        max_size=2,
+    ),  # fmt: skip
+    "add_special_tokens": st.booleans(),
+    "add_generation_prompt": st.booleans(),
+    "return_token_strs": st.booleans(),
+}
+DETOKENIZE_FIELDS = {
+    "model": st.just("myrun"),
+    "tokens": st.lists(st.integers(0, 30) | edge_ints, max_size=10),
+}
+
+
+def test_fuzz_tokenize(fuzz_server):
+    url, scheduler = fuzz_server
+    fuzz(url, "/tokenize", scheduler, bodies(TOKENIZE_FIELDS))
+
+
+def test_fuzz_detokenize(fuzz_server):
+    url, scheduler = fuzz_server
+    fuzz(url, "/detokenize", scheduler, bodies(DETOKENIZE_FIELDS))

@@ -115,7 +115,8 @@ class Body:
         unknown = sorted(set(data) - fields)
         if unknown:
             name = unknown[0][:80]
-            raise APIError(400, f"unrecognized request argument supplied: {name}", name)
+            shown = name if name.isprintable() and name.strip() == name else json.dumps(name)
+            raise APIError(400, f"unrecognized request argument supplied: {shown}", name)
         self.data = data
 
     def get(self, name: str):

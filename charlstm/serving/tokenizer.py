@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from charlstm.serving.prompts import PromptEncoder
-from charlstm.serving.protocol import APIError
+from charlstm.serving.protocol import APIError, Body
 
 TOKENIZE_FIELDS = {
     "model", "prompt", "messages", "add_special_tokens", "add_generation_prompt",
@@ -44,12 +44,7 @@ def tokenizer_info(encoder: PromptEncoder, max_model_len: int) -> dict:
 
 
 def _body(raw_json: object, fields: set[str], model_name: str) -> dict:
-    if not isinstance(raw_json, dict):
-        raise APIError(400, "the body must be a JSON object")
-    unknown = sorted(set(raw_json) - fields)
-    if unknown:
-        raise APIError(400, f"unrecognized request argument supplied: {unknown[0][:80]}",
-                       unknown[0][:80])  # fmt: skip
+    body = Body(raw_json, frozenset(fields))  # an object, with no unknown field
     model = raw_json.get("model")
     if model is not None and model != model_name:
         shown = json.dumps(model)[:80]
@@ -57,8 +52,7 @@ def _body(raw_json: object, fields: set[str], model_name: str) -> dict:
                        "model", "model_not_found")  # fmt: skip
     for name in ("add_special_tokens", "add_generation_prompt", "continue_final_message",
                  "return_token_strs"):  # fmt: skip
-        if raw_json.get(name) is not None and not isinstance(raw_json[name], bool):
-            raise APIError(400, f"{name} must be true or false", name)
+        body.boolean(name, False)
     return raw_json
 
 
