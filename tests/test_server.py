@@ -546,7 +546,7 @@ def test_shutdown_ends_every_request_gracefully(ckpt, sig):
     """#35 item 3: on SIGTERM / SIGINT an open stream ends with a finish_reason and [DONE]
     within the grace period, a waiting request gets a 503 in OpenAI's shape, the exit is 0,
     and the log has one access line per request (a 4xx with its reason; a client that
-    vanished mid-upload in one line) and no traceback."""
+    vanished mid-upload or mid-stream in one line) and no traceback."""
     proc, url = start_serve(ckpt, "--grace-s", "1", "--max-tokens", "1000000")
     try:
         long = {"model": "myrun", "prompt": "the", "max_tokens": 1_000_000}
@@ -559,6 +559,9 @@ def test_shutdown_ends_every_request_gracefully(ckpt, sig):
         plain.start(), stream.start()
         assert post(url, {**long, "top_k": -1}).status_code == 400
         upload_and_vanish(url)
+        with httpx.stream("POST", url + "/v1/completions", json={**long, "stream": True},
+                          timeout=30) as gone:  # fmt: skip
+            next(gone.iter_lines())  # one event, then the client goes away mid-stream
         assert started.wait(20)
         time.sleep(0.3)  # (the non-streaming request is in flight by now)
         t0 = time.monotonic()
@@ -580,9 +583,11 @@ def test_shutdown_ends_every_request_gracefully(ckpt, sig):
     assert lines[-1] == "stopped"
     assert sum("POST /v1/completions 400" in x and "top_k must be" in x for x in lines) == 1
     assert sum("disconnected during the upload" in x for x in lines) == 1
+    assert sum(x.endswith(": the client disconnected") for x in lines) == 1
     assert sum("POST /v1/completions 503" in x for x in lines) == 1
-    assert sum(re.search(r"POST /v1/completions 200 \d+ chars", x) is not None
-               for x in lines) == 1  # fmt: skip
+    assert (
+        sum(re.search(r"POST /v1/completions 200 \d+ chars", x) is not None for x in lines) == 2
+    )  # the stream cut at shutdown, the one whose client left
     assert len(lines) <= 10, log
 
 
