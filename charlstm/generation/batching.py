@@ -183,26 +183,45 @@ def sample_rows(
     top_k: torch.Tensor,
     top_p: torch.Tensor,
     uniforms: torch.Tensor,
+    kinds: tuple[bool, bool, bool] | None = None,
 ) -> torch.Tensor:
     """One id per row of `logits` (B, V), each row with its own temperature (below 1e-6:
     argmax), top-k (0: off), top-p and uniform number in [0, 1): the same distribution as
-    `sampling.filter_logits`, sampled by inverting the row's CDF at its uniform."""
-    greedy = temperature < MIN_TEMPERATURE  # 1/temperature would overflow float32
-    argmax = logits.argmax(-1)
-    if bool(greedy.all()):
-        return argmax
+    `sampling.filter_logits`, sampled by inverting the row's CDF at its uniform.
+
+    The CDF runs over the vocabulary in id order for every row, so a row's character depends
+    on its own options and uniform only, never on whether another row of the batch filters;
+    the sort that top-k and top-p need happens only in a batch where some row filters.
+    `kinds`: (any row greedy, every row greedy, any row filters) when the caller knows them,
+    which spares the device round trips that find them out."""
     V = logits.shape[-1]
-    scaled = logits.float() / torch.where(greedy, 1.0, temperature)[:, None]
-    sorted_logits, order = scaled.sort(-1, descending=True)
+    greedy = temperature < MIN_TEMPERATURE  # 1/temperature would overflow float32
     k = torch.where((top_k > 0) & (top_k < V), top_k, V)
-    kth = sorted_logits.gather(1, (k - 1)[:, None])
-    probs = torch.softmax(sorted_logits.masked_fill(sorted_logits < kth, -math.inf), -1)
-    # nucleus: drop a symbol when the mass before it already reaches top_p (the top one stays)
-    probs = probs.masked_fill((probs.cumsum(-1) - probs) >= top_p[:, None], 0.0)
+    if kinds is None:
+        kinds = (bool(greedy.any()), bool(greedy.all()), bool(((k < V) | (top_p < 1)).any()))
+    any_greedy, all_greedy, filtering = kinds
+    if all_greedy:
+        return logits.argmax(-1)
+    scale = torch.where(greedy, 1.0, temperature) if any_greedy else temperature
+    probs = torch.softmax(logits.float() / scale[:, None], -1)
+    if filtering:
+        probs = _filtered(probs, k, top_p)
     cdf = probs.cumsum(-1)
     target = (uniforms * cdf[:, -1])[:, None]
-    pick = torch.searchsorted(cdf, target, right=True).clamp_max_(V - 1)
-    return torch.where(greedy, argmax, order.gather(1, pick)[:, 0])
+    pick = torch.searchsorted(cdf, target, right=True).clamp_max_(V - 1)[:, 0]
+    return torch.where(greedy, logits.argmax(-1), pick) if any_greedy else pick
+
+
+def _filtered(probs: torch.Tensor, k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Each row's probabilities after its top-k (ties with the k-th kept) and then its nucleus
+    over the renormalized top-k (a symbol is dropped when the mass before it already reaches
+    top_p; the top one stays); unnormalized, in id order."""
+    sorted_p, order = probs.sort(-1, descending=True)
+    kth = sorted_p.gather(1, (k - 1)[:, None])
+    sorted_p = sorted_p.masked_fill(sorted_p < kth, 0.0)
+    mass_before = sorted_p.cumsum(-1) - sorted_p
+    sorted_p = sorted_p.masked_fill(mass_before >= top_p[:, None] * sorted_p.sum(-1, True), 0.0)
+    return torch.zeros_like(probs).scatter_(1, order, sorted_p)
 
 
 class Admission:
@@ -437,7 +456,8 @@ class BatchScheduler:
         that only the rows that fail are lost (they get id -1 and are ended by `_emit`)."""
         try:
             uniforms = [s.next_uniform() for s in self._rows]
-            return sample_rows(self._logits, *self._params(), self._tensor(uniforms))
+            *params, kinds = self._params()
+            return sample_rows(self._logits, *params, self._tensor(uniforms), kinds)
         except Exception:
             return torch.stack([self._sample_row(r) for r in range(len(self._rows))])
 
@@ -503,11 +523,15 @@ class BatchScheduler:
             return None
         return score_tokens(self._logits, ids.clamp(min=0), max(ks))  # (-1: a failed row)
 
-    def _params(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-row temperature, top-k and top-p tensors (rebuilt when the batch changes)."""
+    def _params(self) -> tuple:
+        """Per-row temperature, top-k and top-p tensors and `sample_rows`'s kinds (rebuilt
+        when the batch changes)."""
         if self._row_params is None:
             t, k, p = zip(*self._row_options, strict=True)
-            self._row_params = (self._tensor(t), self._tensor(k).long(), self._tensor(p))
+            greedy = [x < MIN_TEMPERATURE for x in t]
+            filters = any(0 < x < self.vocab_size for x in k) or any(x < 1 for x in p)
+            kinds = (any(greedy), all(greedy), filters)
+            self._row_params = (self._tensor(t), self._tensor(k).long(), self._tensor(p), kinds)
         return self._row_params
 
     def _tensor(self, values) -> torch.Tensor:
