@@ -4,15 +4,19 @@ the HTTP side costs against `charlstm sample` (docs/serve.md's figures, issue #3
     python bench/serve_load.py                          # random-weights 2x512 model, ~2 min
     python bench/serve_load.py --checkpoint run/best.pt --clients 32
 
-Starts `charlstm serve` in a child process on a free loopback port and, in this process:
+Starts `charlstm serve` in a child process on a free loopback port and, in this process,
+--rounds times (so that a change in the machine's load hits both sides of each ratio):
 
 1. `charlstm sample`'s own speed, through the library it runs (`generation.sampling.generate`,
    the same torch threads as the server): one sample of --max-tokens characters after
-   `KING:` at temperature 1, then --clients samples at once (`--num-samples`);
-2. one client of the official `openai` client, streaming the same request back to back;
-3. --clients concurrent streams (`AsyncOpenAI`), each --max-tokens characters;
-4. first-character latency: while --clients - 1 streams run, --probes new requests arrive
-   one after another; the time from sending each to its first character (p50, p99).
+   `KING:` at temperature 1;
+2. one stream of the official `openai` client, the same request;
+3. `charlstm sample --num-samples` --clients, the same way;
+4. --clients concurrent streams (`AsyncOpenAI`), each --max-tokens characters;
+
+then the first-character latency: while --clients - 1 streams run, --probes new requests
+arrive one after another; the time from sending each to its first character (p50, p99).
+Each ratio is the median of the rounds' ratios.
 
 Targets (issue #34): 32 streams >= 4x one stream's characters/s and >= 70 % of
 `charlstm sample --num-samples 32`; one stream within 10 % of `charlstm sample`. The CPU is
@@ -67,7 +71,9 @@ def sample_speed(checkpoint: Path, length: int, num_samples: int) -> float:
     """Characters/s of `charlstm sample CKPT --prime KING: --length L --temperature 1
     --num-samples N`, timed around the library call it makes (no process start-up)."""
     from charlstm.generation.sampling import generate
+    from charlstm.model.checkpoint import load_checkpoint
 
+    checkpoint = load_checkpoint(checkpoint)  # loaded before the clock starts
     generate(checkpoint, prime=PROMPT, length=20, temperature=1.0, num_samples=num_samples)
     t0 = time.perf_counter()
     texts = generate(checkpoint, prime=PROMPT, length=length, temperature=1.0,
@@ -148,8 +154,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="default: a random-weights 2x512 model")
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--max-tokens", type=int, default=1000, help="per request")
-    parser.add_argument("--rounds", type=int, default=2, help="of --clients streams at once")
-    parser.add_argument("--singles", type=int, default=3, help="one-client requests, in a row")
+    parser.add_argument("--rounds", type=int, default=3, help="of the four measurements")
     parser.add_argument("--probes", type=int, default=20, help="first-character requests")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (server, sample)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -161,8 +166,6 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory(prefix="charlstm-serve-load-")
     checkpoint = args.checkpoint or random_small_checkpoint(Path(scratch.name))
     model = checkpoint.resolve().parent.name
-    sample_one = sample_speed(checkpoint, args.max_tokens, 1)
-    sample_many = sample_speed(checkpoint, args.max_tokens, args.clients)
     env = {k: v for k, v in os.environ.items() if k != "CHARLSTM_API_KEY"}  # no key needed
     proc = subprocess.Popen(
         [sys.executable, "-m", "charlstm", "serve", str(checkpoint), "--port", "0", "--quiet",
@@ -179,15 +182,19 @@ def main() -> None:
                 "temperature": 1.0}  # fmt: skip
 
         async def run() -> dict:
+            rounds = []
             async with AsyncOpenAI(base_url=found.group(1) + "/v1", api_key="unused",
                                    max_retries=0, timeout=120) as client:  # fmt: skip
                 await one_stream(client, {**body, "max_tokens": 20}, 0)  # warm-up
-                t0 = time.perf_counter()
-                chars = sum([(await one_stream(client, body, i))[1] for i in range(args.singles)])
-                one = chars / (time.perf_counter() - t0)
-                many = await concurrent(client, body, args.clients, args.rounds)
+                for r in range(args.rounds):
+                    sample_one = sample_speed(checkpoint, args.max_tokens, 1)
+                    t0 = time.perf_counter()
+                    one = (await one_stream(client, body, r))[1] / (time.perf_counter() - t0)
+                    sample_many = sample_speed(checkpoint, args.max_tokens, args.clients)
+                    many = await concurrent(client, body, args.clients, 1)
+                    rounds.append((sample_one, one, sample_many, many))
                 firsts = await first_char_latency(client, body, args.clients - 1, args.probes)
-            return {"one": one, "many": many, "firsts": firsts}
+            return {"rounds": rounds, "firsts": firsts}
 
         figures = asyncio.run(asyncio.wait_for(run(), 600))
     finally:
@@ -195,17 +202,24 @@ def main() -> None:
         proc.wait(30)
     prime_s = prompt_forward_s(checkpoint, PROMPT)
     firsts = figures["firsts"]
+    rounds = figures["rounds"]
+
+    def median(f) -> float:
+        return statistics.median(f(*r) for r in rounds)
+
     result = {
         "model": model,
         "clients": args.clients,
         "threads": args.threads,
-        "sample_1_chars_per_s": round(sample_one),
-        "sample_many_chars_per_s": round(sample_many),
-        "one_stream_chars_per_s": round(figures["one"]),
-        "many_streams_chars_per_s": round(figures["many"]),
-        "many_over_one": round(figures["many"] / figures["one"], 2),
-        "many_over_sample_many": round(figures["many"] / sample_many, 2),
-        "one_over_sample_1": round(figures["one"] / sample_one, 2),
+        "rounds": len(rounds),
+        "sample_1_chars_per_s": round(median(lambda s1, o, sn, m: s1)),
+        "sample_many_chars_per_s": round(median(lambda s1, o, sn, m: sn)),
+        "one_stream_chars_per_s": round(median(lambda s1, o, sn, m: o)),
+        "many_streams_chars_per_s": round(median(lambda s1, o, sn, m: m)),
+        "many_over_one": round(median(lambda s1, o, sn, m: m / o), 2),
+        "many_over_sample_many": round(median(lambda s1, o, sn, m: m / sn), 2),
+        "one_over_sample_1": round(median(lambda s1, o, sn, m: o / s1), 2),
+        "each_round": [[round(x) for x in r] for r in rounds],
         "first_char_ms_p50": round(1000 * percentile(firsts, 50), 1),
         "first_char_ms_p99": round(1000 * percentile(firsts, 99), 1),
         "probes": len(firsts),
