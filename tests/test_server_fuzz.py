@@ -188,3 +188,36 @@ def test_fuzz_tokenize(fuzz_server):
 def test_fuzz_detokenize(fuzz_server):
     url, scheduler = fuzz_server
     fuzz(url, "/detokenize", scheduler, bodies(DETOKENIZE_FIELDS))
+
+
+messages = st.lists(
+    st.fixed_dictionaries(
+        {
+            "role": st.sampled_from(["system", "user", "assistant", "tool"]),
+            "content": prompts | json_values,
+        }
+    ),  # fmt: skip
+    min_size=1,
+    max_size=3,
+)
+CHAT_FUZZ_FIELDS = {
+    "model": st.just("myrun"),
+    "messages": messages,
+    "max_tokens": st.integers(0, 60) | edge_ints,
+    "max_completion_tokens": st.integers(0, 60) | edge_ints,
+    "temperature": st.floats(0, 3) | edge_floats,
+    "top_p": st.floats(0, 1) | edge_floats,
+    "top_k": st.integers(0, 100) | edge_ints,
+    "seed": st.integers(0, 2**63 - 1) | edge_ints,
+    "n": st.integers(1, 3) | edge_ints,
+    "stop": st.text(alphabet=CHARS, min_size=1, max_size=3),
+    "stream": st.booleans(),
+    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+    "tools": st.just([]),
+    "response_format": st.just({"type": "text"}),
+}
+
+
+def test_fuzz_chat(fuzz_server):
+    url, scheduler = fuzz_server
+    fuzz(url, "/v1/chat/completions", scheduler, bodies(CHAT_FUZZ_FIELDS))
