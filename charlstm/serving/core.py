@@ -3,9 +3,12 @@ into the scheduler, the text of its streams on the way out, and the end of every
 (finished, client gone, or the server shutting down).
 
 The scheduler's worker thread only appends to each stream's text; the event loop reads it at
-its own pace. A streaming response polls its streams every `FLUSH_S` and sends all the text
-that is ready for each choice in one server-sent event, so a client gets tens of events per
-second however fast the model writes, and the HTTP side costs per event, not per character.
+its own pace. A streaming response polls its streams every `flush_s(active streams)` and sends
+all the text that is ready for each choice in one server-sent event, so a client gets at most
+50 events a second however fast the model writes, and the HTTP side (this server's and the
+client's) costs per event, not per character. With many streams open the interval grows, up to
+`MAX_FLUSH_S`: the events of 32 streams, not their characters, are what competes with the
+model for the CPU.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from charlstm.errors import CharLSTMError
@@ -26,7 +30,15 @@ from charlstm.serving.protocol import APIError, CompletionRequest
 from charlstm.serving.scoring import LogprobsWriter
 
 FIRST_POLL_S = 0.002  # until a request's first text: its latency
-FLUSH_S = 0.02  # then: how long text may wait to be sent with more
+FLUSH_S = 0.02  # then: how long text may wait to be sent with more, for up to 4 streams
+MAX_FLUSH_S = 0.2
+
+
+def flush_s(active_streams: int) -> float:
+    """How long a stream's text may wait to be sent with more, when `active_streams` run."""
+    return min(MAX_FLUSH_S, FLUSH_S * max(1.0, active_streams / 4))
+
+
 log = logging.getLogger("charlstm.serve")
 
 
@@ -44,6 +56,7 @@ class Job:
     sent: dict = field(default_factory=dict)  # stream -> characters handed out
     reported: set = field(default_factory=set)  # streams whose finish_reason went out
     cut: bool = False  # ended by the server's shutdown
+    active: Callable[[], int] = lambda: 1  # streams running on the server
     chars: int = 0  # characters handed out, all streams
 
     def __post_init__(self) -> None:
@@ -99,7 +112,7 @@ class Job:
             pieces = self.take()
             if pieces:
                 yield pieces
-                wait = FLUSH_S
+                wait = flush_s(self.active())
             if not self.over:
                 await asyncio.sleep(wait)
 
@@ -207,6 +220,7 @@ class ServingCore:
         prompt_ids = [self.encoder.prompt(p) for p in req.prompts]
         job = Job(f"{prefix}-{uuid.uuid4().hex}", int(time.time()), self.model_name, req,
                   prompt_ids, [], self.scheduler.vocab)  # fmt: skip
+        job.active = lambda: self.scheduler.active
         try:
             for p, ids in enumerate(prompt_ids):
                 job.add(self.scheduler.submit(
