@@ -20,6 +20,7 @@ streams at once. FastAPI and uvicorn are imported only here (the `serve` extra).
 # no `from __future__ import annotations`: FastAPI reads the handlers' annotations (Request)
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import json
 import logging
@@ -116,18 +117,12 @@ def create_app(
     `chat_template`: how chats become prompts (None: the default, `chat.py`).
     `app.state.core` is its `ServingCore` (`await core.shutdown(grace_s)` ends every request
     gracefully)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
-    from starlette.requests import ClientDisconnect
+    from fastapi import FastAPI
 
     limits = limits or ServeLimits()
     encoder = PromptEncoder(scheduler.vocab, unknown)
     core = ServingCore(scheduler, model_name, api_key, limits, encoder)
-    template, chat_problem = _chat_template(chat_template, scheduler.vocab)
-    created = int(time.time())
-    with contextlib.suppress(OSError):
-        created = int(scheduler.checkpoint_path.stat().st_mtime)
+    chat = _chat_template(chat_template, scheduler.vocab)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -142,8 +137,18 @@ def create_app(
     )
     app.state.core = core
     app.add_middleware(AccessLog)
+    _error_handlers(app)
+    _info_routes(app, core, chat)
+    _generation_routes(app, core, chat)
+    return app
 
-    def refuse(request: Request, error: APIError):
+
+def _error_handlers(app) -> None:
+    """Every refusal in OpenAI's shape, its reason noted for the access log."""
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    def refuse(request, error: APIError):
         request.state.reason = error.message
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else None
         return JSONResponse(error.body(), status_code=error.status, headers=headers)
@@ -162,35 +167,146 @@ def create_app(
             message = f"{route}: method not allowed on this route"
         return refuse(request, APIError(error.status_code, message))
 
-    async def read_body(request: Request) -> bytes:
-        too_big = APIError(
-            413,
-            f"the request body is larger than this server's {limits.max_body_bytes} bytes",
-            code="request_too_large",
-        )
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limits.max_body_bytes:
-            raise too_big
-        body = bytearray()
-        try:
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > limits.max_body_bytes:
-                    raise too_big
-        except ClientDisconnect:
-            raise APIError(499, "the client disconnected during the upload",
-                           code="client_disconnected") from None  # fmt: skip
-        return bytes(body)
+
+def _info_routes(app, core: ServingCore, chat: tuple) -> None:
+    """The playground, the model list and vLLM's tokenizer routes (at the root and without a
+    key, as vLLM has them; tokenizer.py)."""
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse
+
+    template, chat_problem = chat
+    limits, encoder, name = core.limits, core.encoder, core.model_name
+    created = int(time.time())
+    with contextlib.suppress(OSError):
+        created = int(core.scheduler.checkpoint_path.stat().st_mtime)
+    card = {"id": name, "object": "model", "created": created, "owned_by": "charlstm"}
+    # the page itself needs no key; it is told whether the API does, so that it asks for the
+    # key before calling the API instead of meeting a 401
+    page = playground_html().replace(
+        '<body data-state="loading">',
+        f'<body data-state="loading" data-key-required="{str(core.api_key is not None).lower()}">',
+    )
+
+    @app.get("/", response_class=HTMLResponse)
+    async def playground():
+        return HTMLResponse(page)
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        core.authorize(request.headers)
+        return {"object": "list", "data": [card]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(model: str, request: Request):
+        core.authorize(request.headers)
+        if model != name:
+            raise APIError(404, f"the model {model!r} does not exist", "model", "model_not_found")
+        return card
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info_route():
+        info = tokenizer_info(encoder, limits.max_prompt_chars)
+        info["chat_template"] = None if chat_problem else template.to_jinja()
+        return info
+
+    def render_chat(messages, add_generation_prompt: bool = True) -> str:
+        if chat_problem:
+            raise APIError(400, chat_problem, "messages")
+        return template.render(chat_messages(messages), add_generation_prompt)
+
+    @app.post("/tokenize")
+    async def tokenize_route(request: Request):
+        body = load_json(await read_body(request, limits), limits)
+        return tokenize(body, encoder, name, limits.max_prompt_chars, render_chat)
+
+    @app.post("/detokenize")
+    async def detokenize_route(request: Request):
+        body = load_json(await read_body(request, limits), limits)
+        return detokenize(body, encoder, name, limits.max_prompt_chars)
+
+
+def _generation_routes(app, core: ServingCore, chat: tuple) -> None:
+    """`/v1/completions` and `/v1/chat/completions`: a checked request into the core, its
+    streams out as events or one answer."""
+    from fastapi import Request
+
+    template, chat_problem = chat
+    limits, name, vocab_size = core.limits, core.model_name, core.scheduler.vocab_size
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        core.authorize(request.headers)
+        core.check_open()
+        req = parse_completion(await read_body(request, limits), name, limits, vocab_size)
+        return await run(request, core.start(req))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        core.authorize(request.headers)
+        core.check_open()
+        body = Body(load_json(await read_body(request, limits), limits), frozenset(CHAT_FIELDS))
+        check_model(body, name)
+        if chat_problem:
+            raise APIError(400, chat_problem, "messages")
+        messages, max_tokens_field = parse_chat(body.data)
+        for i, (_, content) in enumerate(messages):  # an unknown character, named where it is
+            core.encoder.text(content, "messages", f"messages[{i}].content")
+        prompt = template.render(messages)
+        check_prompt_length(len(prompt), limits)
+        max_tokens = body.integer(max_tokens_field, limits.max_tokens, 0, limits.max_tokens)
+        req = sampling_request(body, limits, vocab_size, [prompt], max_tokens,
+                               stop_after=template.stop)  # fmt: skip
+        return await run(request, core.start(req, ChatView.prefix), ChatView)
+
+    async def run(request: Request, job: Job, view=None):
+        """Stream the job's events, or wait for its answer; written by `view` (None: a
+        completions response, `ChatView`: chat's)."""
+        if job.request.stream:
+            events = job.events() if view is None else view.events(job)
+            return _event_stream()(job, core, request.state, events)
+        answer = await core.complete(job, request.receive, view)
+        request.state.chars = job.chars
+        return answer
+
+
+async def read_body(request, limits: ServeLimits) -> bytes:
+    """The request's body, refused (413) as soon as it is longer than the limit; a client
+    that goes away mid-upload is a 499 (for the access log: nobody reads the answer)."""
+    from starlette.requests import ClientDisconnect
+
+    too_big = APIError(
+        413,
+        f"the request body is larger than this server's {limits.max_body_bytes} bytes",
+        code="request_too_large",
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise too_big
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_body_bytes:
+                raise too_big
+    except ClientDisconnect:
+        raise APIError(499, "the client disconnected during the upload",
+                       code="client_disconnected") from None  # fmt: skip
+    return bytes(body)
+
+
+@functools.cache
+def _event_stream():
+    """The response class of server-sent events (Starlette is imported only when serving)."""
+    from fastapi.responses import StreamingResponse
 
     class EventStream(StreamingResponse):
         """Server-sent events that free the request's streams however the response ends
         (finished, cut, or the client disconnected: Starlette then cancels the sending task)."""
 
-        def __init__(self, job: Job, note, events=None) -> None:
+        def __init__(self, job: Job, core: ServingCore, note, events) -> None:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            events = job.events() if events is None else events
             super().__init__(events, media_type="text/event-stream", headers=headers)
-            self.job, self.note = job, note
+            self.job, self.core, self.note = job, core, note
 
         async def __call__(self, scope, receive, send) -> None:
             try:
@@ -201,91 +317,9 @@ def create_app(
                 if not self.job.over:
                     self.note.reason = "the client disconnected"
                 self.note.chars = self.job.chars
-                core.release(self.job)
+                self.core.release(self.job)
 
-    def model_card() -> dict:
-        return {"id": model_name, "object": "model", "created": created, "owned_by": "charlstm"}
-
-    # the page itself needs no key; it is told whether the API does, so that it asks for the
-    # key before calling the API instead of meeting a 401
-    page = playground_html().replace(
-        '<body data-state="loading">',
-        f'<body data-state="loading" data-key-required="{str(api_key is not None).lower()}">',
-    )
-
-    @app.get("/", response_class=HTMLResponse)
-    async def playground():
-        return HTMLResponse(page)
-
-    @app.get("/v1/models")
-    async def models(request: Request):
-        core.authorize(request.headers)
-        return {"object": "list", "data": [model_card()]}
-
-    @app.get("/v1/models/{name:path}")
-    async def model(name: str, request: Request):
-        core.authorize(request.headers)
-        if name != model_name:
-            raise APIError(404, f"the model {name!r} does not exist", "model", "model_not_found")
-        return model_card()
-
-    # vLLM's tokenizer routes, at the root and without a key, as vLLM has them (tokenizer.py)
-    @app.get("/tokenizer_info")
-    async def tokenizer_info_route():
-        info = tokenizer_info(encoder, limits.max_prompt_chars)
-        info["chat_template"] = None if chat_problem else template.to_jinja()
-        return info
-
-    @app.post("/tokenize")
-    async def tokenize_route(request: Request):
-        body = load_json(await read_body(request), limits)
-        return tokenize(body, encoder, model_name, limits.max_prompt_chars, render_chat)
-
-    def render_chat(messages, add_generation_prompt: bool = True) -> str:
-        if chat_problem:
-            raise APIError(400, chat_problem, "messages")
-        return template.render(chat_messages(messages), add_generation_prompt)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        core.authorize(request.headers)
-        core.check_open()
-        body = Body(load_json(await read_body(request), limits), frozenset(CHAT_FIELDS))
-        check_model(body, model_name)
-        if chat_problem:
-            raise APIError(400, chat_problem, "messages")
-        messages, max_tokens_field = parse_chat(body.data)
-        for i, (_, content) in enumerate(messages):  # an unknown character, named where it is
-            encoder.text(content, "messages", f"messages[{i}].content")
-        prompt = template.render(messages)
-        check_prompt_length(len(prompt), limits)
-        max_tokens = body.integer(max_tokens_field, limits.max_tokens, 0, limits.max_tokens)
-        req = sampling_request(body, limits, scheduler.vocab_size, [prompt], max_tokens,
-                               stop_after=template.stop)  # fmt: skip
-        return await run(request, core.start(req, ChatView.prefix), ChatView)
-
-    @app.post("/detokenize")
-    async def detokenize_route(request: Request):
-        body = load_json(await read_body(request), limits)
-        return detokenize(body, encoder, model_name, limits.max_prompt_chars)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        core.authorize(request.headers)
-        core.check_open()
-        req = parse_completion(await read_body(request), model_name, limits, scheduler.vocab_size)
-        return await run(request, core.start(req))
-
-    async def run(request: Request, job: Job, view=None):
-        """Stream the job's events, or wait for its answer; written by `view` (None: a
-        completions response, `ChatView`: chat's)."""
-        if job.request.stream:
-            return EventStream(job, request.state, None if view is None else view.events(job))
-        answer = await core.complete(job, request.receive, view)
-        request.state.chars = job.chars
-        return answer
-
-    return app
+    return EventStream
 
 
 def _chat_template(given: ChatTemplate | None, vocab) -> tuple[ChatTemplate, str | None]:
