@@ -183,6 +183,7 @@ def test_seeded_stream_is_unchanged_by_concurrent_and_bad_requests(server):
     assert text == alone
 
 
+@pytest.mark.bad_input("POST /v1/completions")
 @pytest.mark.parametrize(
     "body, status, param, message",
     [
@@ -437,6 +438,7 @@ def test_serve_without_the_extra_says_how_to_get_it(run_cli, ckpt, monkeypatch):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.bad_input("serve")
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -462,6 +464,7 @@ def test_serve_bad_options(run_cli, ckpt, args, message):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.bad_input("serve")
 @pytest.mark.parametrize("value", ["", "  ", "\t"])
 def test_serve_refuses_an_empty_key_from_the_environment(run_cli, ckpt, monkeypatch, value):
     """#35: Click treats an empty CHARLSTM_API_KEY as unset; serve must not run keyless."""
