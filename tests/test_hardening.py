@@ -385,7 +385,9 @@ def test_an_unwritable_cache_is_named_by_its_variable(tmp_path, how):
     one_error_line(done.stderr, f"CHARLSTM_CACHE={cache}", "writable")
 
 
-def test_home_unset_still_finds_a_cache(tmp_path):
+def test_home_unset_still_finds_a_cache(tmp_path, monkeypatch):
+    """HOME unset: Python falls back to the password database; with no entry there either (a
+    bare container), the cache is a folder of this user's in the temporary folder."""
     env = {k: v for k, v in os.environ.items() if k not in ("HOME", "CHARLSTM_CACHE")}
     env["XDG_CACHE_HOME"] = ""
     done = subprocess.run(
@@ -395,6 +397,17 @@ def test_home_unset_still_finds_a_cache(tmp_path):
         env=env,
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("charlstm"), done.stderr
+    from charlstm.config import cache_dir, cache_root
+
+    def no_home():
+        raise RuntimeError("Could not determine home directory.")
+
+    for name in ("HOME", "CHARLSTM_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    assert cache_root() == tmp_path / f"charlstm-cache-{os.getuid()}" / "charlstm"
+    assert cache_dir("tokenized").is_dir()
 
 
 # -- bench: every option checked before anything is measured ------------------------------------
