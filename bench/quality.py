@@ -52,8 +52,10 @@ import torch.nn.functional as F
 from torch import nn
 
 #: the plain fp32 loop's fastest step on the idle project machine (2-core AMD EPYC, 2 threads,
-#: tiny shakespeare's 65 symbols), chars/s; see bench/RESULTS.md "How do the quality levers
-#: compare at equal reference CPU-minutes"
+#: tiny shakespeare's 65 symbols), chars/s: an estimate, not a measurement (the machine was
+#: never idle when this was written): the 10-minute default's idle rate, since `calibrate`
+#: timed the two within 0.74-1.00x of each other (bench/RESULTS.md "How do the quality levers
+#: compare at equal reference CPU-minutes"); only `--mode wall` uses it. Measure it idle.
 REFERENCE_IDLE_CHARS_PER_S = 16_700.0
 #: what the 10-minute default (2 x 640 with the bf16 kernel) trained at on the idle machine:
 #: 2,436 and 2,211 steps of 4,096 characters in 10 minutes (16,546 and 15,005 chars/s overall;
