@@ -19,6 +19,14 @@ functions of the same verb on the package.
 from __future__ import annotations
 
 import importlib
+import os
+
+# OpenMP threads that wait at a barrier sleep instead of spinning. Read once, when torch loads
+# its OpenMP runtime (which the C cell kernels share), so it is set here, before any torch
+# import: with spinning, a thread whose core another program holds keeps its partners burning
+# their cores at every barrier of every time step (bf16 `small` on 2 cores beside busy
+# processes: 440 chars/s spinning, 3,700 passive; docs/performance.md). The user's setting wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import TYPE_CHECKING, Any
 
 from charlstm.errors import CharLSTMError

@@ -212,6 +212,27 @@ PRECISIONS = ("auto", "fp32", "tf32", "bf16")
 MAX_SEED = 2**63 - 1
 
 
+#: --threads above this many times the cores this process may use is a typo, not a choice
+MAX_THREADS_PER_CORE = 4
+
+
+def available_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def threads_problem(v: Any) -> str | None:
+    """What is wrong with `v` as a CPU thread count: 0 (auto) or 1..MAX_THREADS_PER_CORE x the
+    cores; None when nothing is."""
+    limit = MAX_THREADS_PER_CORE * available_cores()
+    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
+        return f"must be a whole number from 0 (auto) to {limit}, got {v!r}"
+    return None
+
+
 def _seed_check(v: Any) -> str | None:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_SEED:
         return f"must be a whole number from 0 to 2^63-1, got {v!r}"
@@ -330,6 +351,15 @@ class TrainConfig(_Architecture):
         "a CPU with bf16 units, bf16 LSTM matmuls with fp32 weights and state where they win; "
         "fp32 elsewhere. tf32: fp32 with TF32 tensor-core matmuls on CUDA (fp32 elsewhere).",
         choices=PRECISIONS,
+    )
+    threads: int = option(
+        0,
+        "CPU threads. 0 (auto): timed at all cores and at 1 thread before training, again at "
+        "each validation and when training slows (another program took a core); the faster "
+        "is kept.",
+        check=threads_problem,
+        resumable=True,
+        metavar="N",
     )
     compile: bool = option(False, "Use torch.compile.", resumable=True)
     max_bad_steps: int = option(

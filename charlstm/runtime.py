@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import json
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from charlstm.config import cache_root
+from charlstm.config import available_cores, cache_root, threads_problem
 from charlstm.errors import CharLSTMError, OptionError
 
 
@@ -226,3 +227,201 @@ def use_tf32(enabled: bool) -> None:
     `tf32`, off for a strict `fp32` (PyTorch leaves cuDNN's on by default)."""
     torch.backends.cuda.matmul.allow_tf32 = enabled
     torch.backends.cudnn.allow_tf32 = enabled
+
+
+# -- CPU threads: chosen by timing the work itself ------------------------------------------------
+def check_threads(threads) -> int:
+    """`threads` as --threads takes it (`config.threads_problem`); else an OptionError."""
+    problem = threads_problem(threads)
+    if problem:
+        cores = available_cores()
+        raise OptionError(
+            f"--threads {problem}",
+            f"use 0 (auto: chosen by timing) or 1..{cores} (this machine has {cores} cores)",
+        )
+    return threads
+
+
+def apply_threads(threads: int) -> None:
+    """torch's intra-op threads (and so the C cell kernels', which read torch's count)."""
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+def thread_candidates() -> tuple[int, ...]:
+    """What auto tries: torch's current count (all cores, unless OMP_NUM_THREADS or the caller
+    set fewer), then 1. One candidate means there is nothing to choose."""
+    n = torch.get_num_threads()
+    return (n, 1) if n > 1 else (1,)
+
+
+#: within this share of the fastest, fewer threads win (they leave a core to the rest of the
+#: machine and lose nothing measurable)
+THREADS_TIE = 0.05
+
+
+def choose_threads(rates: dict[int, float]) -> int:
+    """The thread count to run with from measured rates ({threads: units per second}): the
+    fewest threads within THREADS_TIE of the fastest."""
+    best = max(rates.values())
+    return min(t for t, r in rates.items() if r >= (1 - THREADS_TIE) * best)
+
+
+class ThreadTuner:
+    """Chooses the CPU thread count by timing the real work, and keeps choosing.
+
+    Each time step opens parallel regions (torch's and the C cell's), and each region waits for
+    its slowest thread: when another program holds one of the cores, a thread that is switched
+    out holds every other one up, and N threads can run several times slower than 1. Which is
+    faster depends on what else runs right now, so it is measured, on the work itself: the
+    caller calls `tick(units)` after each piece of work (a training step, an evaluation
+    window). A trial runs each candidate for at least `trial_ticks` pieces and `trial_s`
+    seconds, then the fastest is kept (`choose_threads`). A new trial starts when the observed
+    rate falls below `recheck_below` x the one measured for the choice, every `recheck_every_s`
+    (a load that went away), or when `recheck()` is called (training: at each validation).
+    `skip()` says that the time since the last tick was spent on something else;
+    `on_choice(tuner)` is called after each trial."""
+
+    def __init__(
+        self,
+        candidates: tuple[int, ...] | None = None,
+        *,
+        rates: dict[int, float] | None = None,
+        start: int | None = None,
+        trial_ticks: int = 2,
+        trial_s: float = 0.3,
+        recheck_below: float = 0.7,
+        recheck_every_s: float = 60.0,
+        window_s: float = 2.0,
+        clock=time.perf_counter,
+        apply=apply_threads,
+        on_choice=None,
+    ) -> None:
+        self.candidates = tuple(candidates or thread_candidates())
+        self.trial_ticks, self.trial_s = trial_ticks, trial_s
+        self.recheck_below, self.recheck_every_s, self.window_s = (
+            recheck_below, recheck_every_s, window_s,
+        )  # fmt: skip
+        self.clock, self.apply, self.on_choice = clock, apply, on_choice
+        self.rates: dict[int, float] = dict(rates or {})
+        self.trials = 0  # how many trials have run (the first included)
+        first = start if start in self.candidates else self.candidates[0]
+        self.threads = choose_threads(self.rates) if self.rates else first
+        self.apply(self.threads)
+        self._last = self._trial_end = clock()
+        self._queue: list[int] = [] if self.rates or len(self.candidates) < 2 else self._order()
+        self._warm: set[int] = set(self.rates)
+        self._units = self._seconds = 0.0
+        self._ticks = 0
+        self._trial_rates: dict[int, float] = {}
+        if self._queue:
+            self._begin(self._queue[0])
+
+    # -- what the caller calls --------------------------------------------------------------
+    def tick(self, units: float) -> None:
+        """`units` of work (characters) were done since the last tick (or skip)."""
+        now = self.clock()
+        seconds, self._last = now - self._last, now
+        if self._queue and self._queue[0] not in self._warm:  # first piece at this count
+            self._warm.add(self._queue[0])
+            return
+        self._units += units
+        self._seconds += seconds
+        self._ticks += 1
+        if self._queue:
+            if self._ticks >= self.trial_ticks and self._seconds >= self.trial_s:
+                self._trial_rates[self._queue.pop(0)] = self._units / max(self._seconds, 1e-9)
+                if self._queue:
+                    self._begin(self._queue[0])
+                else:
+                    self._settle(now)
+            return
+        if len(self.candidates) < 2 or self._seconds < self.window_s:
+            return
+        observed = self._units / max(self._seconds, 1e-9)
+        self._units = self._seconds = 0.0
+        self._ticks = 0
+        slow = observed < self.recheck_below * self.rates.get(self.threads, 0.0)
+        if slow or now - self._trial_end >= self.recheck_every_s:
+            self.recheck()
+
+    def skip(self) -> None:
+        """The time since the last tick was not this work (validation, a save)."""
+        self._last = self.clock()
+
+    def recheck(self) -> None:
+        """Start a new trial at the next tick (nothing to do with a single candidate)."""
+        if len(self.candidates) < 2 or self._queue:
+            return
+        self._queue = self._order()
+        self._trial_rates = {}
+        self._begin(self._queue[0])
+
+    def describe(self) -> str:
+        """'1 thread (2: 3,659, 1: 5,398 chars/s)': the choice and what it was chosen from."""
+        unit = "thread" if self.threads == 1 else "threads"
+        if len(self.rates) < 2:
+            return f"{self.threads} {unit}"
+        figures = ", ".join(f"{t}: {r:,.0f}" for t, r in self.rates.items())
+        return f"{self.threads} {unit} ({figures} chars/s)"
+
+    # -- the trial ----------------------------------------------------------------------------
+    def _order(self) -> list[int]:
+        """The current count first (no switch before its figure), then the others."""
+        return [self.threads] + [t for t in self.candidates if t != self.threads]
+
+    def _begin(self, threads: int) -> None:
+        self.apply(threads)
+        self._units = self._seconds = 0.0
+        self._ticks = 0
+
+    def _settle(self, now: float) -> None:
+        self.rates = {t: self._trial_rates[t] for t in self.candidates if t in self._trial_rates}
+        self.threads = choose_threads(self.rates)
+        self.apply(self.threads)
+        self.trials += 1
+        self._trial_end = now
+        if self.on_choice is not None:
+            self.on_choice(self)
+        self._units = self._seconds = 0.0
+        self._ticks = 0
+
+
+_tuner: contextvars.ContextVar[ThreadTuner | None] = contextvars.ContextVar(
+    "charlstm_thread_tuner", default=None
+)
+
+
+@contextlib.contextmanager
+def cpu_threads(
+    threads: int, device: torch.device | None = None, *, ambient: bool = True, start=None
+):
+    """The CPU threads for a command's work, and torch's count restored afterwards: `threads`
+    > 0 as given; 0 (auto) on a CPU a `ThreadTuner` (yielded; its first trial begins at
+    `start` threads where given), which the work loops reach through `work_done` when
+    `ambient`. Elsewhere (a GPU) nothing changes and None is yielded."""
+    check_threads(threads)
+    before = torch.get_num_threads()
+    if device is not None and torch.device(device).type != "cpu":
+        yield None
+        return
+    tuner = None
+    if threads:
+        apply_threads(threads)
+    else:
+        tuner = ThreadTuner(start=start)
+    token = _tuner.set(tuner) if ambient else None
+    try:
+        yield tuner
+    finally:
+        if token is not None:
+            _tuner.reset(token)
+        apply_threads(before)
+
+
+def work_done(units: float) -> None:
+    """A loop's piece of work is done (`units` characters): the command's `ThreadTuner`, if
+    any, times it."""
+    tuner = _tuner.get()
+    if tuner is not None:
+        tuner.tick(units)

@@ -57,7 +57,7 @@ def test_every_option_has_help_and_a_flag_and_the_cli_has_them_all(run_cli):
 def test_what_may_change_on_resume():
     assert TrainConfig.resumable() == {
         "steps", "epochs", "time_budget_min", "eval_every", "save_every", "log_every",
-        "device", "compile", "max_bad_steps", "tensorboard", "wandb",
+        "device", "threads", "compile", "max_bad_steps", "tensorboard", "wandb",
     }  # fmt: skip
 
 

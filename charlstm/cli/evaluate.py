@@ -10,7 +10,14 @@ import typer
 
 from charlstm.cli import ui
 from charlstm.cli.io import emit, run
-from charlstm.cli.options import CheckpointArg, DeviceOption, Split, Unknown, with_options
+from charlstm.cli.options import (
+    CheckpointArg,
+    DeviceOption,
+    Split,
+    ThreadsOption,
+    Unknown,
+    with_options,
+)
 from charlstm.config import PRECISIONS
 from charlstm.evaluation.continuous_cache import CacheSettings
 from charlstm.evaluation.dynamic import DynamicSettings
@@ -94,6 +101,7 @@ def eval_(
         ),
     ] = EvalPrecision.auto,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = 0,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print one JSON object on stdout.")
     ] = False,
@@ -117,6 +125,7 @@ def eval_(
         dynamic=dynamic_settings if dynamic else None,
         cache=cache_settings if cache else None,
         precision=precision.value,
+        threads=threads,
     )
     if result.streams < result.streams_asked:
         ui.warn(

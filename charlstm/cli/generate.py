@@ -9,7 +9,7 @@ import typer
 
 from charlstm.cli import ui
 from charlstm.cli.io import argv_text, emit, run
-from charlstm.cli.options import CheckpointArg, DeviceOption, SampleDtype
+from charlstm.cli.options import CheckpointArg, DeviceOption, SampleDtype, ThreadsOption
 
 app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
@@ -60,6 +60,7 @@ def sample(
         ),
     ] = None,
     device: DeviceOption = "auto",
+    threads: ThreadsOption = 0,
 ) -> None:
     """Generate text from a checkpoint; the text (prime first) is all that goes to stdout."""
     import json
@@ -96,6 +97,7 @@ def sample(
         dtype=dtype.value,
         on_text=(lambda _sample, piece: emit(piece)) if stream else None,
         adapt=adapt,
+        threads=threads,
     )
     if stream:
         emit("\n")

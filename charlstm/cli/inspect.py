@@ -96,6 +96,10 @@ def inspect_(
         bool, typer.Option("--pager/--no-pager", help="Page long output on a terminal.")
     ] = True,
     device: DeviceOption = "auto",
+    threads: Annotated[
+        int,
+        typer.Option(metavar="N", help="CPU threads (0: all cores; one pass, nothing to time)."),
+    ] = 0,
 ) -> None:
     """See what the model learned, character by character, in the terminal or as a web page.
 
@@ -133,6 +137,7 @@ def inspect_(
         against=against,
         neurons=neuron or (),
         device=device,
+        threads=threads,
     )
     if html is not None:
         size = run(write_html, result, html, force)

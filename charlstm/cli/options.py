@@ -111,3 +111,13 @@ def with_options(**groups: tuple[type, str]) -> Callable:
         return wrapper
 
     return decorate
+
+
+ThreadsOption = Annotated[
+    int,
+    typer.Option(
+        metavar="N",
+        help="CPU threads. 0 (auto): time the work at all cores and at 1 thread as it runs, "
+        "keep the faster, and time again when it slows (another program took a core).",
+    ),
+]

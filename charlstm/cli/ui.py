@@ -184,13 +184,23 @@ def _millions(n: float | None) -> str:
     return "-" if n is None else f"{n / 1e6:.1f} M"
 
 
+def _threads_figures(choice) -> str:
+    """', 1 thread (2: 3,659, 1: 5,398 chars/s)': what auto's thread timing found."""
+    if not choice.thread_rates:
+        return ""
+    figures = ", ".join(f"{t}: {r:,.0f}" for t, r in choice.thread_rates.items())
+    unit = "thread" if choice.threads == 1 else "threads"
+    return f", {choice.threads} {unit} ({figures} chars/s)"
+
+
 def auto_choice_table(choice) -> Table:
     """What `--preset auto` measured and chose (a `charlstm.training.autopreset.AutoChoice`)."""
     from charlstm.training.autopreset import MIN_CHARS_PER_PARAM
 
     table = Table(
         title=f"--preset auto: {choice.budget_min:g} min on {choice.device} "
-        f"({choice.kernel} LSTM kernel), measured in {choice.measure_s:.1f} s of it",
+        f"({choice.kernel} LSTM kernel{_threads_figures(choice)}), measured in "
+        f"{choice.measure_s:.1f} s of it",
         title_justify="left",
         caption=f"fits: at least {MIN_CHARS_PER_PARAM:g} chars per parameter in the budget",
         caption_justify="left",
@@ -262,6 +272,7 @@ def run_header(info) -> dict[str, str]:
         "parameters": fmt_int(info.params),
         "batch": batch,
         "device": f"{info.device} {info.precision}" + (" compiled" if info.compiled else ""),
+        **({"threads": info.threads} if info.threads else {}),
         "length": length,
         "run": str(info.run_dir),
     }

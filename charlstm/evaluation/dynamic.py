@@ -323,6 +323,7 @@ def adapt(
     import torch.nn.functional as F
 
     from charlstm.model.network import repackage_state
+    from charlstm.runtime import work_done
 
     device = next(model.parameters()).device
     named = dict(model.named_parameters())
@@ -362,6 +363,7 @@ def adapt(
                 torch._foreach_mul_(params, keep)
                 torch._foreach_add_(params, prior)
                 torch._foreach_addcmul_(params, grads, step)
+            work_done(hi - lo)
     model.train(was_training)
     return total, max(0, n_targets), state
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +67,8 @@ class EvalResult:
     dynamic: dict | None = None  # with mode "dynamic": its settings and gradient statistics
     cache: dict | None = None  # with mode "cache": the continuous cache's settings
     precision: str = "fp32"  # "fp32", "bf16 LSTM matmuls" (CPU), "tf32" or "bf16 autocast" (GPU)
+    threads: int = 0  # the CPU threads it ended with
+    thread_rates: dict | None = None  # with threads=0: chars/s by thread count, last measured
 
     @property
     def chars_per_s(self) -> float:
@@ -105,7 +107,7 @@ def stream_nats(
     from its start. `shard=(lo, hi)` scores only streams lo..hi-1 (one rank's share), so sums
     over disjoint shards add up to exactly the unsharded result.
     """
-    from charlstm.runtime import autocast
+    from charlstm.runtime import autocast, work_done
 
     device = device or next(model.parameters()).device
     n_targets = len(ids) - 1
@@ -138,6 +140,7 @@ def stream_nats(
             reduction="none",
         )
         total += float((nats * valid.reshape(-1)).cpu().sum(dtype=torch.float64))
+        work_done(steps * len(starts))
     model.train(was_training)
     return total, int(lengths.sum())
 
@@ -150,7 +153,7 @@ def window_nats(
     how many: every character after the first exactly once (the scheme is in the module's
     docstring). Windows of `window` ids start every `hop` (default window // 2; hop = window
     gives disjoint blocks, each character seeing 1..window); all run side by side."""
-    from charlstm.runtime import autocast
+    from charlstm.runtime import autocast, work_done
 
     if window < 2:
         raise OptionError(f"--window must be >= 2, got {window}")
@@ -187,6 +190,7 @@ def window_nats(
         mask = torch.from_numpy(valid.reshape(-1)).to(device)
         total += float((nats * mask).cpu().sum(dtype=torch.float64))
         scored += int(valid.sum())
+        work_done(length * len(batch_starts))
     model.train(was_training)
     return total, scored
 
@@ -205,6 +209,7 @@ def evaluate(
     dynamic=None,
     cache=None,
     precision: str = "auto",
+    threads: int = 0,
 ) -> EvalResult:
     """Score a checkpoint (path or loaded `Checkpoint`) on a split of tokenized data (default:
     the run's own data, its test split if non-empty else val) or on a text file encoded with
@@ -223,13 +228,33 @@ def evaluate(
     is bf16 autocast on a GPU and, on a CPU, the bf16 LSTM kernel of training
     (`charlstm.model.lstm_bf16`: bf16 matrix products, fp32 state), faster where the CPU has
     bf16 units but off the fp32 number by bf16 rounding.
-    The result's `precision` says which ran."""
-    from charlstm.model.checkpoint import Checkpoint, load_checkpoint
-    from charlstm.runtime import resolve_device
+    The result's `precision` says which ran.
+
+    `threads`: CPU threads; 0 (auto) times the scoring itself at all cores and at 1 as it
+    goes, and keeps the faster (`runtime.ThreadTuner`; the result's `threads` says which)."""
+    from charlstm.runtime import check_threads, cpu_threads, resolve_device
 
     settings, cache_settings = _scoring_modes(batch_size, window, window_hop, dynamic, cache)
     _check_options(precision, unknown, settings, cache_settings, text, data, split)
+    check_threads(threads)
     dev = resolve_device(device)
+    with cpu_threads(threads, dev) as tuner:
+        result = _score(checkpoint=checkpoint, dev=dev, text=text, data=data, split=split,
+                        unknown=unknown, settings=settings, cache_settings=cache_settings,
+                        precision=precision, batch_size=batch_size, window=window,
+                        window_hop=window_hop)  # fmt: skip
+        return replace(
+            result,
+            threads=torch.get_num_threads() if tuner is None else tuner.threads,
+            thread_rates=None if tuner is None else {str(t): r for t, r in tuner.rates.items()},
+        )
+
+
+def _score(*, checkpoint, dev, text, data, split, unknown, settings, cache_settings,
+           precision, batch_size, window, window_hop) -> EvalResult:  # fmt: skip
+    """Load, read the text, and score it in the mode asked for."""
+    from charlstm.model.checkpoint import Checkpoint, load_checkpoint
+
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     ckpt.model.to(dev)
     skipped = 0

@@ -175,6 +175,7 @@ def generate(
     adapt: str | Path | None = None,
     adapt_settings=None,
     data: str | Path | None = None,
+    threads: int = 0,
 ) -> list[str]:
     """Generate `num_samples` texts of `length` new characters (after the prime, which each
     text starts with). `on_text(sample, piece)` receives text as it is produced.
@@ -182,65 +183,70 @@ def generate(
     `adapt=FILE` first reads that document with dynamic evaluation (`charlstm.evaluation.dynamic`,
     `adapt_settings` or its defaults; gradient statistics from the run's training data or
     `data`), then generates with the adapted weights, continuing from the state the document
-    left: the prime (if any) follows the document, and the document itself is not printed."""
+    left: the prime (if any) follows the document, and the document itself is not printed.
+    `threads`: CPU threads (0: chosen by timing the stepping as it goes, `runtime.ThreadTuner`)."""
     from charlstm.model.checkpoint import Checkpoint, load_checkpoint
-    from charlstm.runtime import resolve_device
+    from charlstm.runtime import check_threads, cpu_threads, resolve_device, work_done
 
+    check_threads(threads)
     check_options(length, temperature, top_k, top_p, num_samples)
     if dtype not in DTYPES:
         raise OptionError(f"unknown --dtype {dtype!r}", "use fp32 or bf16")
     dev = resolve_device(device)
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
-    model, vocab = ckpt.model.to(dev).eval(), ckpt.vocab
-    start_ids, printed_prime = _start_ids(vocab, prime)
-    prime_ids = start_ids
-    state = None
-    if adapt is not None:
-        from charlstm.data.heldout import encode_text_file
-        from charlstm.evaluation.dynamic import adapted_model
+    with cpu_threads(threads, dev):
+        loaded = isinstance(checkpoint, Checkpoint)
+        ckpt = checkpoint if loaded else load_checkpoint(checkpoint, dev)
+        model, vocab = ckpt.model.to(dev).eval(), ckpt.vocab
+        start_ids, printed_prime = _start_ids(vocab, prime)
+        prime_ids = start_ids
+        state = None
+        if adapt is not None:
+            from charlstm.data.heldout import encode_text_file
+            from charlstm.evaluation.dynamic import adapted_model
 
-        doc, _ = encode_text_file(Path(adapt), vocab, "error")
-        if len(doc) < 2:
-            raise CharLSTMError(f"--adapt {adapt} has fewer than 2 characters", "give it text")
-        model, state = adapted_model(ckpt, doc, adapt_settings, data=data)
-        # the state has read all of the document but its last character: that comes next
-        start_ids = np.concatenate([doc[-1:], start_ids if printed_prime else start_ids[:0]])
-    generator = torch.Generator(device=dev)
-    generator.manual_seed(
-        seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
-    )
-    decoders = [vocab.stream_decoder() for _ in range(num_samples)]
-    texts = [""] * num_samples
+            doc, _ = encode_text_file(Path(adapt), vocab, "error")
+            if len(doc) < 2:
+                raise CharLSTMError(f"--adapt {adapt} has fewer than 2 characters", "give it text")
+            model, state = adapted_model(ckpt, doc, adapt_settings, data=data)
+            # the state has read all of the document but its last character: that comes next
+            start_ids = np.concatenate([doc[-1:], start_ids if printed_prime else start_ids[:0]])
+        generator = torch.Generator(device=dev)
+        generator.manual_seed(
+            seed if seed is not None else int.from_bytes(os.urandom(8), "little") >> 1
+        )
+        decoders = [vocab.stream_decoder() for _ in range(num_samples)]
+        texts = [""] * num_samples
 
-    def emit(sample: int, ids) -> None:
-        piece = decoders[sample](ids)
-        if piece:
-            texts[sample] += piece
-            if on_text is not None:
-                on_text(sample, piece)
+        def emit(sample: int, ids) -> None:
+            piece = decoders[sample](ids)
+            if piece:
+                texts[sample] += piece
+                if on_text is not None:
+                    on_text(sample, piece)
 
-    if printed_prime:
-        for s in range(num_samples):
-            emit(s, prime_ids)
-    with torch.no_grad():
-        tokens = torch.from_numpy(start_ids).to(dev)[:, None].expand(-1, num_samples)
-        if state is not None:
-            state = tuple(s.expand(-1, num_samples, -1).contiguous() for s in state)
-        logits, state = model(tokens.contiguous(), state)  # the whole prime in one pass
-        logits = logits[-1].float()
-        step = FastLSTMStep(model, num_samples, DTYPES[dtype])
-        step.load_state(state)
-        for _ in range(length):
-            probs = filter_logits(logits, temperature, top_k, top_p)
-            if probs is None:
-                next_ids = logits.argmax(-1)
-            else:
-                next_ids = torch.multinomial(probs, 1, generator=generator)[:, 0]
-            ids = next_ids.cpu().numpy()
+        if printed_prime:
             for s in range(num_samples):
-                emit(s, ids[s : s + 1])
-            logits = step(next_ids)
-    return texts
+                emit(s, prime_ids)
+        with torch.no_grad():
+            tokens = torch.from_numpy(start_ids).to(dev)[:, None].expand(-1, num_samples)
+            if state is not None:
+                state = tuple(s.expand(-1, num_samples, -1).contiguous() for s in state)
+            logits, state = model(tokens.contiguous(), state)  # the whole prime in one pass
+            logits = logits[-1].float()
+            step = FastLSTMStep(model, num_samples, DTYPES[dtype])
+            step.load_state(state)
+            for _ in range(length):
+                probs = filter_logits(logits, temperature, top_k, top_p)
+                if probs is None:
+                    next_ids = logits.argmax(-1)
+                else:
+                    next_ids = torch.multinomial(probs, 1, generator=generator)[:, 0]
+                ids = next_ids.cpu().numpy()
+                for s in range(num_samples):
+                    emit(s, ids[s : s + 1])
+                logits = step(next_ids)
+                work_done(num_samples)
+        return texts
 
 
 def read_prime_file(path: str | Path) -> str:

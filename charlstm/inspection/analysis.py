@@ -572,6 +572,7 @@ def inspect_text(
     neurons: Iterable[str | tuple | Cell] = (),
     top_k: int = TOP_K,
     device: str = "auto",
+    threads: int = 0,
 ) -> Inspection:
     """Score a text character by character and record every layer's state (see `Inspection`).
 
@@ -581,10 +582,10 @@ def inspect_text(
     elsewhere). A given text longer than `limit` (default 10,000) is refused, not cut.
     `against` (a path or loaded Checkpoint of the same vocabulary) adds its per-character
     losses; `neurons` names cells to show ('L:K', 'L:K:c', (layer, unit)), checked against
-    the model's size.
+    the model's size. `threads`: CPU threads (0: torch's count; one pass has nothing to time).
     """
     from charlstm.model.checkpoint import Checkpoint, load_checkpoint
-    from charlstm.runtime import resolve_device
+    from charlstm.runtime import check_threads, cpu_threads, resolve_device
 
     if unknown not in ("error", "skip"):
         raise CharLSTMError(f"unknown --unknown {unknown!r}", "use error or skip")
@@ -596,6 +597,7 @@ def inspect_text(
     if given and (data is not None or split != "val"):
         raise CharLSTMError("--data and --split choose the default text; not with a TEXT")
     limit_chars = _check_limit(limit)
+    check_threads(threads)
     dev = resolve_device(device)
     ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint, dev)
     model = ckpt.model.to(dev)
@@ -617,11 +619,13 @@ def inspect_text(
     else:
         ids, source = _excerpt_ids(ckpt, data, split, limit or DEFAULT_EXCERPT)
 
-    nats, rank, top_ids, top_probs, h, c = run_model(model, ids, top_k=top_k)
+    with cpu_threads(threads, dev):
+        nats, rank, top_ids, top_probs, h, c = run_model(model, ids, top_k=top_k)
+        if other is not None:
+            other_nats = run_model(other.model.to(dev), ids, top_k=1, states=False)[0]
     tokens = display_tokens(ckpt.vocab, ids)
     comparison = None
     if other is not None:
-        other_nats = run_model(other.model.to(dev), ids, top_k=1, states=False)[0]
         other_loss = float(np.nansum(other_nats) / (len(ids) - 1))
         comparison = Comparison(str(other.path), other_nats, other_loss, other_loss / math.log(2))
     return Inspection(

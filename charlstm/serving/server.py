@@ -383,8 +383,9 @@ def check_config(
                 "surrounding spaces",
                 "HTTP headers carry ASCII: a client could never send this key",
             )
-    if not isinstance(threads, int) or threads < 0:
-        raise OptionError(f"--threads must be >= 0 (0: PyTorch's default), got {threads}")
+    from charlstm.runtime import check_threads
+
+    check_threads(threads)  # 0 (torch's count) to 4 per core
     if not (isinstance(grace_s, (int, float)) and 0 <= grace_s <= 600):
         raise OptionError(f"--grace-s must be from 0 to 600, got {grace_s}")
     if api_key is None and not is_loopback(host):

@@ -152,6 +152,8 @@ class AutoChoice:
     measure_s: float
     reason: str
     user_set: dict = field(default_factory=dict)  # options the user gave that auto would set
+    threads: int | None = None  # the CPU threads the shapes were timed with (None: not chosen)
+    thread_rates: dict = field(default_factory=dict)  # the first shape's chars/s by threads
 
     @property
     def config(self) -> TrainConfig:
@@ -263,13 +265,20 @@ def choose(
     well (bigger ones only do worse) or at the measuring cap, and take the largest that fits;
     its dropout and weight decay follow from how many epochs the budget gives it. `given`
     holds the options the user set (time_budget_min among them); those win over auto's."""
-    from charlstm.runtime import lstm_kernel
+    from charlstm.runtime import apply_threads, choose_threads, lstm_kernel, thread_candidates
 
     measure = measure or measure_chars_per_s
     budget_s = given["time_budget_min"] * 60
     cap_s = min(MEASURE_CAP_S, MEASURE_CAP_SHARE * budget_s)
     candidates = candidate_configs(given)
     speeds: list[float] = []
+    # the first shape is timed at every thread count (all cores, 1) and the rest at the faster:
+    # beside a busy program one thread can beat all of them (runtime.ThreadTuner)
+    threads_before = torch.get_num_threads()
+    auto_threads = given.get("threads", 0) == 0 and device.type == "cpu" and world_size == 1
+    counts = thread_candidates() if auto_threads else (given.get("threads") or threads_before,)
+    apply_threads(counts[0])
+    thread_rates: dict[int, float] = {}
     start = time.perf_counter()
     cost_s = 0.0
     stopped = "climbing ended at the largest candidate"
@@ -280,7 +289,14 @@ def choose(
             stopped = f"the next would take the measuring past its {cap_s:.3g} s cap"
             break
         try:
-            speeds.append(measure(cfg, vocab_size, device, world_size))
+            if not speeds and len(counts) > 1:
+                for count in counts:
+                    apply_threads(count)
+                    thread_rates[count] = measure(cfg, vocab_size, device, world_size)
+                apply_threads(choose_threads(thread_rates))
+                speeds.append(thread_rates[choose_threads(thread_rates)])
+            else:
+                speeds.append(measure(cfg, vocab_size, device, world_size))
         except torch.OutOfMemoryError:
             stopped = f"{name} does not fit in memory"
             break
@@ -290,6 +306,7 @@ def choose(
             stopped = f"{name} falls short, so every larger one would"
             break
     measure_s = time.perf_counter() - start
+    apply_threads(threads_before)
     train_s = max(0.0, budget_s - measure_s) * (1 - OVERHEAD)
     rows = []
     for i, (name, cfg) in enumerate(candidates):
@@ -334,6 +351,8 @@ def choose(
         measure_s=measure_s,
         reason=why,
         user_set=user_set,
+        threads=choose_threads(thread_rates) if thread_rates else None,
+        thread_rates=thread_rates,
     )
 
 

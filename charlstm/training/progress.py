@@ -38,6 +38,7 @@ class RunInfo:
     total_steps: int | None
     budget_min: float | None
     resumed_at: int | None  # the step a resumed run continues from
+    threads: str = ""  # the CPU threads, or how they are chosen
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from charlstm.data.dataset import Dataset, data_name
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.model.checkpoint import read_checkpoint
 from charlstm.model.network import CharLSTM
-from charlstm.runtime import resolve_device
+from charlstm.runtime import cpu_threads, resolve_device
 from charlstm.training import autopreset, distributed
 from charlstm.training.clock import RunClock
 from charlstm.training.interrupt import Interrupt
@@ -123,7 +123,13 @@ def train(
         if dist.is_main:
             run_dir.preflight(run.checkpoint_bytes() * 2 + (1 << 20))
         dist.barrier()
-        result = Trainer(run, reporter).start(resumed=payload is not None)
+        # auto threads are timed on the training steps (Trainer.tick_threads); one process only:
+        # under torchrun each rank's count is the launcher's business (OMP_NUM_THREADS)
+        threads = cfg.threads if cfg.threads or dist.enabled else 0
+        start = choice.threads if choice is not None else None  # auto's figures say where to begin
+        with cpu_threads(threads, device, ambient=False, start=start) as tuner:
+            trainer = Trainer(run, reporter, None if dist.enabled else tuner)
+            result = trainer.start(resumed=payload is not None)
         result.auto_choice = choice
         return result
     finally:
@@ -172,8 +178,11 @@ class Trainer:
     for what it does: `set_lr` → `train_step` (`training.step.optimizer_step`) → `guard` →
     `advance` → `after_step` (log, validate, save)."""
 
-    def __init__(self, run: Run, reporter: Reporter) -> None:
+    def __init__(self, run: Run, reporter: Reporter, threads=None) -> None:
         self.run, self.reporter = run, reporter
+        self.threads = threads  # a runtime.ThreadTuner (auto threads on a CPU), or None
+        if threads is not None:
+            threads.on_choice = self._threads_chosen
         self.cfg, self.state, self.dist, self.device = run.cfg, run.state, run.dist, run.device
         self.streams, self.local_streams = run.streams, run.local_streams
         self.total_steps, self.budget_s = run.total_steps, run.budget_s
@@ -202,7 +211,16 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def loop(self) -> TrainResult:
         """Train until the run's length is reached or Ctrl-C; then the last save."""
-        self.reporter.start(self.run.info())
+        info = self.run.info()
+        if self.device.type == "cpu":
+            threads = torch.get_num_threads()
+            if self.threads is not None and len(self.threads.candidates) > 1:
+                counts = " and ".join(str(t) for t in self.threads.candidates)
+                how = f"auto: {counts} timed on the first steps and at each validation"
+            else:
+                how = "--threads" if self.cfg.threads else "torch's count"
+            info = replace(info, threads=f"{threads} ({how})")
+        self.reporter.start(info)
         self.clock = RunClock(self.state.elapsed_s, self.state.step)
         self._last_eval = self._last_save = self.clock.start
         self._bad_in_row = 0
@@ -211,6 +229,8 @@ class Trainer:
             while not self.should_stop(interrupt):
                 lr = self.set_lr()
                 loss, ok, grad_norm = self.train_step()
+                if self.threads is not None:
+                    self.threads.tick(self.cfg.batch_size * self.cfg.bptt)
                 self.guard(loss, ok, lr, grad_norm)
                 self.advance()
                 self.after_step(lr)
@@ -366,6 +386,16 @@ class Trainer:
         if improved:
             self.writer.promote_best(st.step)
         self._last_eval = time.perf_counter()
+        if self.threads is not None:  # time the thread counts again: the load may have changed
+            self.threads.recheck()
+
+    def _threads_chosen(self, tuner) -> None:
+        """A thread trial ended: say what it chose, the first time and on a change."""
+        if tuner.trials == 1 or tuner.threads != self._threads_said:
+            self.reporter.message(f"threads: {tuner.describe()}")
+        self._threads_said = tuner.threads
+
+    _threads_said: int | None = None
 
     def save(self) -> None:
         """last.pt, atomically; a full disk is one line that says how much space is needed."""
@@ -373,6 +403,8 @@ class Trainer:
         payload = self.run.payload()  # a collective under DDP: every rank takes part
         self.writer.save_last(payload, self.state.step)
         self._last_save = time.perf_counter()
+        if self.threads is not None:
+            self.threads.skip()  # the time since the last step was not a step's
 
     def finish(self, interrupted: bool) -> None:
         """The last save (and, for a run that ran to its end, the final validation)."""

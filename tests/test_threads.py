@@ -1,0 +1,201 @@
+"""CPU threads: chosen by timing the work (runtime.ThreadTuner), settable with --threads on every
+command that runs a model, and refused with one line when out of range. The tuner's choices are
+tested with an injected clock: each piece of work costs what the test says it does."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from charlstm.config import MAX_THREADS_PER_CORE, TrainConfig, available_cores
+from charlstm.errors import OptionError
+from charlstm.runtime import ThreadTuner, check_threads, choose_threads, cpu_threads, work_done
+from tests.tiny import TINY_KWARGS, tiny_args, word_text
+
+
+class FakeMachine:
+    """A clock and a thread setting: a piece of `units` characters takes units / rate[threads]
+    seconds, where the rates can change (another program starts or stops)."""
+
+    def __init__(self, rates: dict[int, float]) -> None:
+        self.rates, self.now, self.threads, self.switches = dict(rates), 0.0, 0, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def apply(self, threads: int) -> None:
+        self.threads = threads
+        self.switches.append(threads)
+
+    def work(self, tuner: ThreadTuner, pieces: int, units: float = 1000.0) -> None:
+        for _ in range(pieces):
+            self.now += units / self.rates[self.threads]
+            tuner.tick(units)
+
+
+def tuner_on(machine: FakeMachine, **kwargs) -> ThreadTuner:
+    return ThreadTuner((2, 1), clock=machine.clock, apply=machine.apply, **kwargs)
+
+
+def test_the_faster_count_is_kept_and_a_tie_goes_to_fewer_threads():
+    assert choose_threads({2: 10_000.0, 1: 6_000.0}) == 2
+    assert choose_threads({2: 3_600.0, 1: 5_400.0}) == 1
+    assert choose_threads({2: 10_000.0, 1: 9_700.0}) == 1  # within 5 %: leave a core free
+    assert choose_threads({4: 1.0}) == 4
+
+
+def test_the_trial_times_each_count_on_the_work_and_keeps_the_faster():
+    machine = FakeMachine({2: 10_000.0, 1: 6_000.0})
+    chosen = []
+    tuner = tuner_on(machine, on_choice=lambda t: chosen.append(t.threads))
+    assert machine.threads == 2  # the trial begins at all cores
+    machine.work(tuner, 40)
+    assert tuner.trials == 1 and chosen == [2]
+    assert tuner.rates == pytest.approx({2: 10_000.0, 1: 6_000.0})
+    assert machine.threads == 2
+    assert tuner.describe() == "2 threads (2: 10,000, 1: 6,000 chars/s)"
+
+
+def test_a_busy_core_is_noticed_and_one_thread_taken():
+    """Beside a busy program 2 threads fall to a third of their rate: the observed rate is
+    below recheck_below x the measured one, so the counts are timed again."""
+    machine = FakeMachine({2: 10_000.0, 1: 6_000.0})
+    tuner = tuner_on(machine)
+    machine.work(tuner, 40)
+    assert tuner.threads == 2
+    machine.rates = {2: 3_000.0, 1: 5_500.0}
+    machine.work(tuner, 60)
+    assert tuner.trials == 2 and tuner.threads == 1 and machine.threads == 1
+    assert tuner.rates[1] == pytest.approx(5_500.0)
+
+
+def test_a_load_that_went_away_is_found_by_the_periodic_recheck():
+    machine = FakeMachine({2: 3_000.0, 1: 5_500.0})
+    tuner = tuner_on(machine, recheck_every_s=30.0)
+    machine.work(tuner, 30)
+    assert tuner.threads == 1
+    machine.rates = {2: 10_000.0, 1: 6_000.0}  # one thread runs faster: nothing looks slow
+    machine.work(tuner, 300)  # ~50 s of work
+    assert tuner.threads == 2 and tuner.trials >= 2
+
+
+def test_recheck_and_skip():
+    machine = FakeMachine({2: 10_000.0, 1: 6_000.0})
+    tuner = tuner_on(machine)
+    machine.work(tuner, 40)
+    trials = tuner.trials
+    machine.now += 100.0  # a validation: not the work's time
+    tuner.skip()
+    tuner.recheck()
+    machine.work(tuner, 40)
+    assert tuner.trials == trials + 1 and tuner.rates[2] == pytest.approx(10_000.0)
+
+
+def test_given_rates_need_no_trial_and_one_candidate_never_switches():
+    machine = FakeMachine({2: 10_000.0, 1: 6_000.0})
+    tuner = tuner_on(machine, rates={2: 4_000.0, 1: 5_000.0})
+    assert machine.threads == 1 and tuner.trials == 0
+    single = ThreadTuner((1,), clock=machine.clock, apply=machine.apply)
+    machine.work(single, 100)
+    assert set(machine.switches[-1:]) == {1} and single.trials == 0
+
+
+def test_cpu_threads_restores_the_count_and_feeds_the_loops():
+    before = torch.get_num_threads()
+    with cpu_threads(1, torch.device("cpu")) as tuner:
+        assert tuner is None and torch.get_num_threads() == 1
+        work_done(100)  # nothing to time: no error
+    with cpu_threads(0, torch.device("cpu")) as tuner:
+        assert tuner is not None
+        work_done(100)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad", [-1, MAX_THREADS_PER_CORE * available_cores() + 1, 10**9, True,
+                                 1.5, "2"])  # fmt: skip
+def test_bad_thread_counts_are_refused(bad):
+    with pytest.raises(OptionError, match="--threads must be a whole number from 0"):
+        check_threads(bad)
+    with pytest.raises(OptionError, match="--threads"):
+        TrainConfig(threads=bad)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from charlstm import tokenize, train
+
+    root = tmp_path_factory.mktemp("threads")
+    (root / "corpus.txt").write_text(word_text(3000), encoding="utf-8")
+    data = tokenize(root / "corpus.txt", root / "tok").out
+    train(data, root / "run", **TINY_KWARGS, steps=4, device="cpu")
+    return root
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train", "{root}/tok", "--out", "{root}/new", *tiny_args(steps=2)],
+        ["eval", "{root}/run/best.pt"],
+        ["eval", "{root}/run/best.pt", "--dynamic", "--dynamic-segment", "20"],
+        ["sample", "{root}/run/best.pt", "--length", "5"],
+        ["inspect", "{root}/run/best.pt", "--prime", "the cat"],
+    ],
+    ids=["train", "eval", "eval-dynamic", "sample", "inspect"],
+)
+def test_every_command_takes_threads_and_refuses_bad_ones(tiny_run, run_cli, command):
+    args = [a.format(root=tiny_run) for a in command]
+    ok = run_cli(*args, "--threads", "1")
+    assert ok.exit_code == 0, ok.stderr
+    for bad in ("-1", str(MAX_THREADS_PER_CORE * available_cores() + 1)):
+        result = run_cli(*args, "--threads", bad, *(["--force"] if args[0] == "train" else []))
+        assert result.exit_code == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "--threads" in lines[0] and bad in lines[0], result.stderr
+    not_a_number = run_cli(*args, "--threads", "two")
+    assert not_a_number.exit_code == 2 and "--threads" in not_a_number.stderr
+
+
+def test_serve_refuses_bad_threads_before_listening(tiny_run, run_cli):
+    result = run_cli("serve", f"{tiny_run}/run/best.pt", "--threads", "-3", "--port", "0")
+    assert result.exit_code == 2
+    assert result.stderr.count("\n") == 1 and "--threads must be" in result.stderr
+
+
+def test_eval_reports_the_threads_it_ran_with(tiny_run):
+    from charlstm import evaluate
+
+    assert evaluate(tiny_run / "run" / "best.pt", threads=1).threads == 1
+
+
+def test_the_run_header_says_how_threads_are_chosen(tiny_run):
+    """With 2 threads to choose from, the header names the candidates, and the first trial
+    on the real steps says what it chose (a message with both figures)."""
+    from charlstm import train
+
+    class Capture:
+        def __init__(self):
+            self.info, self.messages = None, []
+
+        def start(self, info):
+            self.info = info
+
+        def message(self, text):
+            self.messages.append(text)
+
+        def __getattr__(self, name):  # the other Reporter methods: not needed here
+            return lambda *a, **k: None
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        fixed, auto = Capture(), Capture()
+        train(tiny_run / "tok", tiny_run / "fixed", **TINY_KWARGS, steps=2, threads=1,
+              device="cpu", reporter=fixed)  # fmt: skip
+        train(tiny_run / "tok", tiny_run / "auto", **TINY_KWARGS, steps=400, device="cpu",
+              eval_every=1000, reporter=auto)  # fmt: skip
+    finally:
+        torch.set_num_threads(before)
+    assert fixed.info.threads == "1 (--threads)"
+    assert auto.info.threads == "2 (auto: 2 and 1 timed on the first steps and at each validation)"
+    said = [m for m in auto.messages if m.startswith("threads: ")]
+    assert said and "chars/s" in said[0] and ("2: " in said[0] and "1: " in said[0])
