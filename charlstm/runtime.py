@@ -105,17 +105,27 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30) and mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
-def lstm_kernel(device: torch.device, precision: str = "auto", hidden_size: int = 512) -> str:
+def lstm_kernel(
+    device: torch.device,
+    precision: str = "auto",
+    hidden_size: int = 512,
+    rates: dict[str, float] | None = None,
+) -> str:
     """Which LSTM layers train on `device`: "bf16" (charlstm.model.lstm_bf16: bf16 GEMMs, fp32
-    weights, state and gates) or "fp32" (nn.LSTM's fused kernel). `auto` picks bf16 on CPUs
-    with bf16 units for models wide enough that GEMMs, not per-step overhead, set the pace;
-    GPUs use autocast instead. The choice depends on the machine and the model only (no
-    timing), so a resumed run makes the same one."""
+    weights, state and gates) or "fp32" (nn.LSTM's fused kernel). `auto` on a CPU with bf16
+    units picks from this machine's measured `rates` (chars/s by kernel at the run's shape,
+    `choose_cpu_kernel`; charlstm.training.kernel measures and caches them); without figures,
+    bf16 for models wide enough that GEMMs, not per-step overhead, set the pace. GPUs use
+    autocast instead."""
     if device.type != "cpu" or precision in ("fp32", "tf32"):
         return "fp32"
     if precision == "bf16":
         return "bf16"
-    return "bf16" if has_bf16_units() and hidden_size >= BF16_MIN_HIDDEN else "fp32"
+    if not has_bf16_units():
+        return "fp32"
+    if rates:
+        return choose_cpu_kernel(rates)
+    return "bf16" if hidden_size >= BF16_MIN_HIDDEN else "fp32"
 
 
 #: below this width a step's GEMMs are too small for their bf16 rate to pay for the window
@@ -275,10 +285,11 @@ class ThreadTuner:
     out holds every other one up, and N threads can run several times slower than 1. Which is
     faster depends on what else runs right now, so it is measured, on the work itself: the
     caller calls `tick(units)` after each piece of work (a training step, an evaluation
-    window). A trial runs each candidate for at least `trial_ticks` pieces and `trial_s`
-    seconds, then the fastest is kept (`choose_threads`). A new trial starts when the observed
-    rate falls below `recheck_below` x the one measured for the choice, every `recheck_every_s`
-    (a load that went away), or when `recheck()` is called (training: at each validation).
+    window); the first piece (allocations, weight packing) is not timed. A trial runs each
+    candidate for at least `trial_ticks` pieces and `trial_s` seconds, then the fastest is
+    kept (`choose_threads`). A new trial starts when the observed rate falls below
+    `recheck_below` x the one measured for the choice, every `recheck_every_s` (a load that
+    went away), or when `recheck()` is called (training: at each validation).
     `skip()` says that the time since the last tick was spent on something else;
     `on_choice(tuner)` is called after each trial."""
 
@@ -288,7 +299,7 @@ class ThreadTuner:
         *,
         rates: dict[int, float] | None = None,
         start: int | None = None,
-        trial_ticks: int = 2,
+        trial_ticks: int = 1,
         trial_s: float = 0.3,
         recheck_below: float = 0.7,
         recheck_every_s: float = 60.0,
@@ -310,7 +321,7 @@ class ThreadTuner:
         self.apply(self.threads)
         self._last = self._trial_end = clock()
         self._queue: list[int] = [] if self.rates or len(self.candidates) < 2 else self._order()
-        self._warm: set[int] = set(self.rates)
+        self._warm = bool(self.rates)  # the first piece (allocations, packing) is not timed
         self._units = self._seconds = 0.0
         self._ticks = 0
         self._trial_rates: dict[int, float] = {}
@@ -322,8 +333,8 @@ class ThreadTuner:
         """`units` of work (characters) were done since the last tick (or skip)."""
         now = self.clock()
         seconds, self._last = now - self._last, now
-        if self._queue and self._queue[0] not in self._warm:  # first piece at this count
-            self._warm.add(self._queue[0])
+        if not self._warm:
+            self._warm = True
             return
         self._units += units
         self._seconds += seconds
@@ -425,3 +436,88 @@ def work_done(units: float) -> None:
     tuner = _tuner.get()
     if tuner is not None:
         tuner.tick(units)
+
+
+# -- CPU precision: bf16 or fp32 LSTM kernel, chosen by timing this machine, cached -------------
+#: what `--precision auto` measured on this machine (per machine key: the CPU model, torch's
+#: version and the kernels' source; per model shape: chars/s by kernel), in the cache folder
+CPU_RATES_FILE = "cpu-precision.json"
+#: the sources whose speed the figures are of: a change to either measures again
+KERNEL_SOURCES = ("model/lstm_cell.c", "model/lstm_bf16.py")
+
+
+def cpu_model() -> str:
+    """The CPU's model name as /proc/cpuinfo (or the platform) gives it."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+@functools.cache
+def kernel_source_sha() -> str:
+    """A hash of the bf16 kernel's sources (KERNEL_SOURCES)."""
+    import hashlib
+
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in KERNEL_SOURCES:
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def machine_key() -> str:
+    """What the CPU figures are valid for: 'CPU model | torch version | kernel source hash'."""
+    return f"{cpu_model()} | torch {torch.__version__} | kernels {kernel_source_sha()}"
+
+
+def shape_key(num_layers: int, hidden_size: int, embed_size: int, batch: int, bptt: int) -> str:
+    """A training shape as the figures are filed: '2x512 embed 128, 32 x 128'."""
+    return f"{num_layers}x{hidden_size} embed {embed_size}, {batch} x {bptt}"
+
+
+def read_cpu_rates(shape: str) -> dict | None:
+    """This machine's recorded figures for `shape` ({"fp32": chars/s, "bf16": chars/s,
+    "threads": n, "measured": date}), or None: never measured, or measured under another
+    machine key (a new torch, changed kernels, another CPU)."""
+    try:
+        recorded = json.loads((cache_root() / CPU_RATES_FILE).read_text())
+        entry = dict(recorded[machine_key()][shape])
+        float(entry["fp32"]), float(entry["bf16"])
+        return entry
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_cpu_rates(shape: str, rates: dict[str, float], threads: int) -> Path:
+    """File one shape's measured chars/s by kernel under this machine's key (figures of other
+    keys, stale after an upgrade, are dropped)."""
+    from datetime import datetime, timezone
+
+    from charlstm.atomic import write_text
+
+    path = cache_root() / CPU_RATES_FILE
+    try:
+        recorded = json.loads(path.read_text())
+        entry = recorded[machine_key()] if isinstance(recorded, dict) else {}
+    except (OSError, ValueError, KeyError):
+        entry = {}
+    entry = dict(entry) if isinstance(entry, dict) else {}
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    entry[shape] = {**{k: round(v, 1) for k, v in rates.items()}, "threads": threads,
+                    "measured": when}  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, json.dumps({machine_key(): entry}, indent=2) + "\n")
+    return path
+
+
+def choose_cpu_kernel(rates: dict[str, float]) -> str:
+    """The LSTM kernel `--precision auto` trains with on a CPU from measured chars/s: bf16 where
+    it beats fp32 by BF16_MIN_GAIN (it rounds the matmul inputs), else fp32."""
+    return "bf16" if rates["bf16"] >= BF16_MIN_GAIN * rates["fp32"] else "fp32"

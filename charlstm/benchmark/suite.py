@@ -26,9 +26,15 @@ from torch import nn
 
 from charlstm.atomic import atomic_open
 from charlstm.benchmark.scratch import disk_needed, work_folder
-from charlstm.config import PRESETS, ModelConfig
+from charlstm.config import PRESETS, ModelConfig, cache_root
 from charlstm.errors import CharLSTMError, OptionError
-from charlstm.runtime import bf16_gemm_speedup, cpu_flags, has_bf16_units
+from charlstm.runtime import (
+    CPU_RATES_FILE,
+    bf16_gemm_speedup,
+    cpu_flags,
+    has_bf16_units,
+    machine_key,
+)
 
 
 @dataclass
@@ -217,6 +223,7 @@ def charlstm_train_chars_per_s(
         device="cpu",
         warmup_steps=0,
         precision=precision,
+        threads=torch.get_num_threads(),  # as the reference loop: no thread trial in 12 steps
     )
     if result.interrupted:  # Ctrl-C or SIGTERM stopped the run: it stops the bench too
         raise KeyboardInterrupt
@@ -469,8 +476,10 @@ def bench_tokenize(ctx: BenchContext, report: BenchReport) -> None:
 def bench_train(ctx: BenchContext, report: BenchReport) -> None:
     """Training chars/s per preset against its matmuls and a plain reference loop, for the
     fp32 path and, on CPUs with bf16 units, the bf16 LSTM kernel (`--precision bf16`)."""
+    from charlstm.config import resolve_config
     from charlstm.model import native
-    from charlstm.runtime import keep_freed_memory, lstm_kernel
+    from charlstm.runtime import keep_freed_memory
+    from charlstm.training.kernel import choose_kernel
 
     keep_freed_memory()  # what `train` does on a CPU, here from the start for every side
     with_bf16 = has_bf16_units()
@@ -538,7 +547,10 @@ def bench_train(ctx: BenchContext, report: BenchReport) -> None:
         ideal_bf16_s, _ = ideal_step_seconds(cfg, B, T, ctx.min_time, torch.bfloat16)
         bf16_steady = float(np.median([bf16[1] for _, _, bf16 in rounds]))
         vs_fp32 = float(np.median([bf16[1] / mine[1] for mine, _, bf16 in rounds]))
-        picked = lstm_kernel(torch.device("cpu"), "auto", cfg.hidden_size)
+        auto = choose_kernel(
+            resolve_config(name, device="cpu"), ctx.dataset.vocab.size, torch.device("cpu")
+        )
+        picked = auto.kernel
         cells = "C" if native.cell_kernels() else f"ATen ops ({native.unavailable_reason})"
         report.add(
             "train",
@@ -559,6 +571,17 @@ def bench_train(ctx: BenchContext, report: BenchReport) -> None:
             "at its own shape (target >= 0.6x)",
             ratio=bf16_steady * ideal_bf16_s / (B * T),
             target=0.6 if gated else None,
+        )
+        measured_here = {"fp32": steady, "bf16": bf16_steady}
+        report.add(
+            "train",
+            f"{name}: --precision auto",
+            measured_here[picked],
+            "chars/s",
+            note=f"picks {picked} ({auto.describe()}); ratio: vs the faster of fp32 and bf16 "
+            "in this run (target >= 0.95x)",
+            ratio=measured_here[picked] / max(measured_here.values()),
+            target=0.95 if gated else None,
         )
 
 
@@ -771,6 +794,9 @@ def run_bench(
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "cuda": torch.cuda.is_available(),
+            # where --precision auto files what it measured, and the key its figures are for
+            "precision_figures": str(cache_root() / CPU_RATES_FILE),
+            "precision_key": machine_key(),
         }
         for name, section in SECTIONS.items():
             if name in chosen:

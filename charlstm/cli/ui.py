@@ -476,6 +476,13 @@ def show_bench(report) -> None:
         mark = {True: "[green]ok[/]", False: "[red]below target[/]", None: ""}[r.ok]
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}x"
         table.add_row(r.section, r.name, f"{r.value:,.1f} {r.unit}", ratio, mark, r.note)
+    machine = getattr(report, "machine", None) or {}
+    if machine.get("precision_key"):
+        table.caption = (
+            f"--precision auto's figures: {machine['precision_figures']}, valid for "
+            f"{machine['precision_key']}"
+        )
+        table.caption_justify = "left"
     console.print(table)
 
 

@@ -216,10 +216,15 @@ def measure_chars_per_s(
     from charlstm.model.network import repackage_state
     from charlstm.runtime import autocast, autocast_dtype
     from charlstm.training.build import build_model, build_optimizer
+    from charlstm.training.kernel import choose_kernel
 
     begun = time.perf_counter()
+    # --precision auto: the kernel this shape trains fastest with here (timed once per machine)
+    kernel = choose_kernel(cfg, vocab_size, device, may_measure=world_size == 1)
+    if kernel.how == "measured":  # both kernels were just timed at this shape: no need again
+        return kernel.rates[kernel.kernel]
     model_config = cfg.model_config(vocab_size)
-    model = build_model(model_config, cfg.precision, device)
+    model = build_model(model_config, cfg.precision, device, kernel.kernel)
     model.train()
     optimizer = build_optimizer(model, cfg, device)
     amp = autocast_dtype(device, cfg.precision, cfg.hidden_size)
@@ -265,7 +270,8 @@ def choose(
     well (bigger ones only do worse) or at the measuring cap, and take the largest that fits;
     its dropout and weight decay follow from how many epochs the budget gives it. `given`
     holds the options the user set (time_budget_min among them); those win over auto's."""
-    from charlstm.runtime import apply_threads, choose_threads, lstm_kernel, thread_candidates
+    from charlstm.runtime import apply_threads, choose_threads, thread_candidates
+    from charlstm.training.kernel import choose_kernel
 
     measure = measure or measure_chars_per_s
     budget_s = given["time_budget_min"] * 60
@@ -338,7 +344,7 @@ def choose(
         f"{k.replace('_', ' ')} {v:g}" + (" (yours)" if k in given else "") for k, v in reg.items()
     )
     user_set = {flag(k): given[k] for k in CHOSEN_FIELDS if k in given}
-    kernel = lstm_kernel(device, row.config.precision, row.config.hidden_size)
+    kernel = choose_kernel(row.config, vocab_size, device, may_measure=False).kernel
     return AutoChoice(
         budget_min=given["time_budget_min"],
         device=str(device),

@@ -11,11 +11,14 @@ from charlstm.model.network import CharLSTM
 from charlstm.runtime import keep_freed_memory, lstm_kernel
 
 
-def build_model(model_config, precision: str, device: torch.device) -> CharLSTM:
-    """A CharLSTM on `device` set up to train as `train` does: the LSTM kernel `precision` picks
-    there, and on a CPU glibc keeping freed blocks (charlstm.runtime.keep_freed_memory)."""
+def build_model(
+    model_config, precision: str, device: torch.device, kernel: str | None = None
+) -> CharLSTM:
+    """A CharLSTM on `device` set up to train as `train` does: the LSTM kernel given, else the
+    one `precision` picks there without figures, and on a CPU glibc keeping freed blocks
+    (charlstm.runtime.keep_freed_memory)."""
     model = CharLSTM(model_config).to(device)
-    model.lstm_kernel = lstm_kernel(device, precision, model_config.hidden_size)
+    model.lstm_kernel = kernel or lstm_kernel(device, precision, model_config.hidden_size)
     if device.type == "cpu":
         keep_freed_memory()
     return model

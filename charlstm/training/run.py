@@ -25,8 +25,11 @@ class Run:
     """What a training run is: its configuration, data streams, model and `RunState`, on its
     device and ranks. Built (and checked) before its folder is touched."""
 
-    def __init__(self, cfg: TrainConfig, dataset: Dataset, run_dir: RunDir, device, dist) -> None:
+    def __init__(
+        self, cfg: TrainConfig, dataset: Dataset, run_dir: RunDir, device, dist, kernel=None
+    ) -> None:
         self.cfg, self.dataset, self.run_dir = cfg, dataset, run_dir
+        self.kernel_choice = kernel  # a training.kernel.KernelChoice, or None
         self.device, self.dist = device, dist
         val_ids = dataset.split("val")
         if len(val_ids) < 2:
@@ -42,7 +45,9 @@ class Run:
         self.local_streams = cfg.batch_size // dist.world_size
         self.model_config = cfg.model_config(dataset.vocab.size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        model = build_model(self.model_config, cfg.precision, device)
+        model = build_model(
+            self.model_config, cfg.precision, device, kernel.kernel if kernel else None
+        )
         # a new run's id (a resume restores the run's own): what ties last.pt to its folder
         run_id = dist.broadcast_object(secrets.token_hex(8) if dist.is_main else None)
         self.state = RunState(model, build_optimizer(model, cfg, device), run_id=run_id)
@@ -97,7 +102,8 @@ class Run:
             lr=cfg.lr,
             processes=self.dist.world_size,
             device=str(self.device),
-            precision=self.precision_name(),
+            precision=self.precision_name()
+            + (f" ({self.kernel_choice.describe()})" if self.kernel_choice else ""),
             compiled=cfg.compile,
             total_steps=self.total_steps,
             budget_min=cfg.time_budget_min,

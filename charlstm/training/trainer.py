@@ -34,6 +34,7 @@ from charlstm.runtime import cpu_threads, resolve_device
 from charlstm.training import autopreset, distributed
 from charlstm.training.clock import RunClock
 from charlstm.training.interrupt import Interrupt
+from charlstm.training.kernel import choose_kernel
 from charlstm.training.plan import (
     LENGTHS,
     default_out,
@@ -113,7 +114,8 @@ def train(
         if payload is None and cfg.preset == AUTO_PRESET:
             choice = _choose_auto(overrides, dataset, device, dist, reporter)
             cfg = choice.config
-        run = Run(cfg, dataset, run_dir, device, dist)
+        kernel = choose_kernel(cfg, dataset.vocab.size, device, may_measure=not dist.enabled)
+        run = Run(cfg, dataset, run_dir, device, dist, kernel)
         if choice is not None:
             run.state.elapsed_s = choice.measure_s  # the measuring was part of the budget
         if payload is not None:
