@@ -190,6 +190,7 @@ def trainer_chars_per_s(ctx: DeviceBench, preset: str, precision: str, steps: in
         device=str(ctx.device),
         warmup_steps=0,
         precision=precision,
+        threads=torch.get_num_threads(),  # the figure of this count, not of a thread trial
     )
     if result.interrupted:  # Ctrl-C or SIGTERM stopped the run: it stops the bench too
         raise KeyboardInterrupt
