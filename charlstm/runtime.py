@@ -265,16 +265,20 @@ def thread_candidates() -> tuple[int, ...]:
     return (n, 1) if n > 1 else (1,)
 
 
-#: within this share of the fastest, fewer threads win (they leave a core to the rest of the
-#: machine and lose nothing measurable)
-THREADS_TIE = 0.05
+#: fewer threads must be at least this much faster to be chosen over more. With threads that
+#: sleep at barriers, all cores lose little beside a busy program (bench/contention.py), while
+#: a short trial on a shared machine is noisy: a 2-thread trial was seen to measure 0.94x the
+#: 1-thread one in a minute where 2 threads ran 1.6x faster. Where one thread truly wins it
+#: wins by far more (1.5-3x with spinning threads, issue 36).
+FEWER_THREADS_GAIN = 1.10
 
 
 def choose_threads(rates: dict[int, float]) -> int:
     """The thread count to run with from measured rates ({threads: units per second}): the
-    fewest threads within THREADS_TIE of the fastest."""
-    best = max(rates.values())
-    return min(t for t, r in rates.items() if r >= (1 - THREADS_TIE) * best)
+    most threads, unless fewer are FEWER_THREADS_GAIN faster (then the fastest of those)."""
+    most = max(rates)
+    faster = {t: r for t, r in rates.items() if r >= FEWER_THREADS_GAIN * rates[most]}
+    return max(faster, key=faster.get) if faster else most
 
 
 class ThreadTuner:
@@ -286,10 +290,11 @@ class ThreadTuner:
     faster depends on what else runs right now, so it is measured, on the work itself: the
     caller calls `tick(units)` after each piece of work (a training step, an evaluation
     window); the first piece (allocations, weight packing) is not timed. A trial runs each
-    candidate for at least `trial_ticks` pieces and `trial_s` seconds, then the fastest is
-    kept (`choose_threads`). A new trial starts when the observed rate falls below
-    `recheck_below` x the one measured for the choice, every `recheck_every_s` (a load that
-    went away), or when `recheck()` is called (training: at each validation).
+    candidate twice, A B B A, each time for at least `trial_ticks` pieces and `trial_s`
+    seconds, then the faster is kept (`choose_threads`). A new trial starts when the observed
+    rate falls below `recheck_below` x the one measured for the choice, every
+    `recheck_every_s` (a load that went away), or when `recheck()` is called (training: at
+    each validation).
     `skip()` says that the time since the last tick was spent on something else;
     `on_choice(tuner)` is called after each trial."""
 
@@ -300,9 +305,9 @@ class ThreadTuner:
         rates: dict[int, float] | None = None,
         start: int | None = None,
         trial_ticks: int = 1,
-        trial_s: float = 0.3,
+        trial_s: float = 0.2,
         recheck_below: float = 0.7,
-        recheck_every_s: float = 60.0,
+        recheck_every_s: float = 30.0,
         window_s: float = 2.0,
         clock=time.perf_counter,
         apply=apply_threads,
@@ -324,7 +329,7 @@ class ThreadTuner:
         self._warm = bool(self.rates)  # the first piece (allocations, packing) is not timed
         self._units = self._seconds = 0.0
         self._ticks = 0
-        self._trial_rates: dict[int, float] = {}
+        self._trial_work: dict[int, list[float]] = {}  # threads: [units, seconds] in this trial
         if self._queue:
             self._begin(self._queue[0])
 
@@ -341,7 +346,9 @@ class ThreadTuner:
         self._ticks += 1
         if self._queue:
             if self._ticks >= self.trial_ticks and self._seconds >= self.trial_s:
-                self._trial_rates[self._queue.pop(0)] = self._units / max(self._seconds, 1e-9)
+                work = self._trial_work.setdefault(self._queue.pop(0), [0.0, 0.0])
+                work[0] += self._units
+                work[1] += self._seconds
                 if self._queue:
                     self._begin(self._queue[0])
                 else:
@@ -365,7 +372,6 @@ class ThreadTuner:
         if len(self.candidates) < 2 or self._queue:
             return
         self._queue = self._order()
-        self._trial_rates = {}
         self._begin(self._queue[0])
 
     def describe(self) -> str:
@@ -378,8 +384,10 @@ class ThreadTuner:
 
     # -- the trial ----------------------------------------------------------------------------
     def _order(self) -> list[int]:
-        """The current count first (no switch before its figure), then the others."""
-        return [self.threads] + [t for t in self.candidates if t != self.threads]
+        """Each count twice, in the order A B B A (the current count first: no switch before
+        its figure): a load that rises or falls during the trial lands on both alike."""
+        first = [self.threads] + [t for t in self.candidates if t != self.threads]
+        return first + first[::-1]
 
     def _begin(self, threads: int) -> None:
         self.apply(threads)
@@ -387,7 +395,8 @@ class ThreadTuner:
         self._ticks = 0
 
     def _settle(self, now: float) -> None:
-        self.rates = {t: self._trial_rates[t] for t in self.candidates if t in self._trial_rates}
+        work, self._trial_work = self._trial_work, {}
+        self.rates = {t: u / max(s, 1e-9) for t, (u, s) in work.items()}
         self.threads = choose_threads(self.rates)
         self.apply(self.threads)
         self.trials += 1
