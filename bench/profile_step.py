@@ -5,6 +5,10 @@ import collections
 import sys
 import time
 
+# isort: off
+import charlstm  # noqa: F401  (first: OpenMP threads then sleep at barriers; torch loads after)
+
+# isort: on
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile
