@@ -168,10 +168,14 @@ def test_eval_reports_the_threads_it_ran_with(tiny_run):
     assert evaluate(tiny_run / "run" / "best.pt", threads=1).threads == 1
 
 
-def test_the_run_header_says_how_threads_are_chosen(tiny_run):
+def test_the_run_header_says_how_threads_are_chosen(tiny_run, monkeypatch):
     """With 2 threads to choose from, the header names the candidates, and the first trial
-    on the real steps says what it chose (a message with both figures)."""
+    on the real steps says what it chose (a message with both figures). The trial's minimum
+    time is set to 0 here, so that it ends after its 4 steps however fast they run."""
     from charlstm import train
+    from charlstm.runtime import ThreadTuner
+
+    monkeypatch.setitem(ThreadTuner.__init__.__kwdefaults__, "trial_s", 0.0)
 
     class Capture:
         def __init__(self):
@@ -192,7 +196,7 @@ def test_the_run_header_says_how_threads_are_chosen(tiny_run):
         fixed, auto = Capture(), Capture()
         train(tiny_run / "tok", tiny_run / "fixed", **TINY_KWARGS, steps=2, threads=1,
               device="cpu", reporter=fixed)  # fmt: skip
-        train(tiny_run / "tok", tiny_run / "auto", **TINY_KWARGS, steps=400, device="cpu",
+        train(tiny_run / "tok", tiny_run / "auto", **TINY_KWARGS, steps=20, device="cpu",
               eval_every=1000, reporter=auto)  # fmt: skip
     finally:
         torch.set_num_threads(before)
