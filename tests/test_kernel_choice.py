@@ -110,6 +110,8 @@ def test_asked_no_units_and_not_measuring(monkeypatch, isolated_env):
     assert choose_kernel(TrainConfig(), 65, CPU, measure=never, may_measure=False).how == (
         "not measured"
     )
+    narrow = choose_kernel(TrainConfig(hidden_size=128), 65, CPU, measure=never)
+    assert narrow.kernel == "fp32" and "narrower than 256" in narrow.how
     assert never.calls == 0
 
 

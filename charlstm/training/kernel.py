@@ -19,6 +19,7 @@ import torch
 
 from charlstm.config import TrainConfig
 from charlstm.runtime import (
+    BF16_MIN_HIDDEN,
     choose_cpu_kernel,
     has_bf16_units,
     lstm_kernel,
@@ -99,8 +100,11 @@ def choose_kernel(
 ) -> KernelChoice:
     """The kernel `cfg` trains with on `device`: as asked; for `--precision auto` on a CPU with
     bf16 units, from this machine's figures for the shape, timed now (`time_kernels`, or
-    `measure`) and filed when there are none. `may_measure=False` (under torchrun) uses the
-    figures if filed, else `runtime.lstm_kernel`'s rule without them."""
+    `measure`) and filed when there are none; a model narrower than BF16_MIN_HIDDEN without
+    figures trains in fp32 untimed (`runtime.BF16_MIN_HIDDEN`: its GEMMs are too small for
+    their bf16 rate to pay for the window kernel's per-step work; no start-up cost for it).
+    `may_measure=False` (under torchrun) uses the figures if filed, else
+    `runtime.lstm_kernel`'s rule without them."""
     if device.type != "cpu":
         return KernelChoice("fp32", "not a CPU")
     if cfg.precision != "auto":
@@ -112,6 +116,8 @@ def choose_kernel(
     if filed is not None:
         rates = {k: float(filed[k]) for k in KERNELS}
         return KernelChoice(choose_cpu_kernel(rates), "cached", rates)
+    if cfg.hidden_size < BF16_MIN_HIDDEN:  # known without timing: per-step work dominates
+        return KernelChoice("fp32", f"auto: narrower than {BF16_MIN_HIDDEN}")
     if not may_measure:
         return KernelChoice(lstm_kernel(device, "auto", cfg.hidden_size), "not measured")
     rates = (measure or time_kernels)(cfg, vocab_size, device)
