@@ -456,8 +456,7 @@ def test_epochs_set_the_number_of_steps(data, tmp_path):
 
 def test_time_budget_stops_the_run_and_still_evaluates(data, tmp_path):
     result = train(data, tmp_path / "run", time_budget_min=0.005, **TINY)
-    assert result.steps > 0
-    assert result.elapsed_s >= 0.3  # it stops only once the budget is spent
+    assert result.steps > 0  # when it stops: tests/test_budget.py, on a fake clock
     evals = records(tmp_path / "run", "eval")
     assert evals and evals[-1]["step"] == result.steps
     assert read_checkpoint(tmp_path / "run" / "last.pt")["run"]["step"] == result.steps
@@ -550,15 +549,6 @@ def test_reporter_gets_typed_numbers(data, tmp_path):
         assert s.chars_per_s > 0 and s.eta_s is not None and s.eta_s >= 0
     assert seen.steps[0].val_loss is None and seen.steps[-1].val_loss is not None
     assert [e.step for e in seen.evals] == [10, 20] and seen.evals[0].improved
-
-
-def test_time_budgeted_runs_validate_before_the_end(data, tmp_path):
-    """eval_every "auto" validates five times in a --time-budget run, not only at its end."""
-    seen = _Recorder()
-    options = {k: v for k, v in TINY.items() if k != "eval_every"}
-    train(data, tmp_path / "run", time_budget_min=0.02, reporter=seen, **options)
-    assert len(seen.evals) >= 3  # periodic ones, and the final one
-    assert all(s.budget_s == pytest.approx(1.2) for s in seen.steps)
 
 
 # -- data ----------------------------------------------------------------------------------------

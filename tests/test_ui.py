@@ -94,3 +94,71 @@ def test_the_auto_choice_table_names_the_choice_its_reason_and_the_users_options
     assert table.row_count == len(choice.rows)
     TrainProgress(quiet=True).auto_chosen(choice)
     assert capsys.readouterr().err == ""
+
+
+def _info(**overrides) -> RunInfo:
+    values = dict(
+        run_dir=Path("runs/a"), data="data/mine", train_chars=900, val_chars=100, vocab_size=20,
+        model=ModelConfig(vocab_size=20, embed_size=8, hidden_size=16, num_layers=2),
+        params=1234, batch_size=4, bptt=16, lr=3e-3, processes=1, device="cpu",
+        precision="fp32", compiled=False, total_steps=None, budget_min=10.0, resumed_at=None,
+        elapsed_s=12.0,
+    )  # fmt: skip
+    return RunInfo(**{**values, **overrides})
+
+
+def test_off_a_terminal_a_plain_line_comes_every_10_s_through_slow_steps_and_validation(capsys):
+    """The heartbeat (its thread calls `heartbeat()` every second; here a fake clock does):
+    one line per 10 s however long a step or a validation takes, its clock moved on from the
+    last report, and what the run is doing since."""
+    from charlstm.cli.ui import TrainProgress
+
+    now = [100.0]
+    progress = TrainProgress(clock=lambda: now[0])
+    progress._info, progress._last_line, progress._stats_at = _info(), now[0], now[0]
+    lines: list[str] = []
+
+    def beat(at: float) -> None:
+        now[0] = at
+        progress.heartbeat()
+        lines.extend(capsys.readouterr().err.splitlines())
+
+    beat(105.0)
+    assert lines == []  # not 10 s yet
+    beat(110.0)  # before any step: the budget's clock and what it is doing
+    assert lines == ["0.4/10.0 min  step 0  22.0 s  starting"]
+    now[0] = 111.0
+    progress.step(stats(total_steps=None, budget_s=600.0, elapsed_s=23.0, eta_s=577.0))
+    progress.validating(120)
+    beat(115.0)
+    beat(121.0)  # one line, 10 s after the last, the clock moved on 10 s from the report
+    assert len(lines) == 2
+    assert lines[1].startswith("0.6/10.0 min  step 120  33.0 s  ETA 9m27s  loss 1.234")
+    assert lines[1].endswith("(validating at step 120)")
+    beat(131.0)
+    beat(141.5)
+    assert len(lines) == 4 and "53.5 s" in lines[3]
+    progress.close()
+
+
+def test_the_heartbeat_covers_the_time_before_training_starts(capsys):
+    """`--preset auto`'s measuring comes before the run header: a line says it is preparing."""
+    from charlstm.cli.ui import TrainProgress
+
+    now = [50.0]
+    progress = TrainProgress(clock=lambda: now[0])
+    now[0] = 61.0
+    progress.heartbeat()
+    assert capsys.readouterr().err.splitlines() == ["11.0 s  preparing the run"]
+
+
+def test_a_quiet_run_has_no_heartbeat(capsys):
+    from charlstm.cli.ui import TrainProgress
+
+    now = [0.0]
+    progress = TrainProgress(quiet=True, clock=lambda: now[0])
+    progress.start(_info())
+    now[0] = 60.0
+    progress.heartbeat()
+    progress.close()
+    assert progress._thread is None and capsys.readouterr().err == ""

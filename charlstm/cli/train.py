@@ -80,6 +80,8 @@ def _train(
     main_rank = from_environment().is_main  # under torchrun, rank 0 speaks for all
     if not quiet and main_rank:
         ui.show_train(result)
+    if main_rank and not result.interrupted:
+        ui.show_verdict(result, quiet)
     if result.interrupted:
         if quiet and main_rank:
             ui.warn(f"interrupted: {result.run_dir / 'last.pt'} saved; continue with --resume")
@@ -106,6 +108,7 @@ def _train_command():
 
 app.command(
     name="train",
-    epilog="Examples:  charlstm train --time-budget 10  ·  charlstm train data/my --preset tiny "
-    "--steps 500 --out checkpoints/my  ·  charlstm train --out checkpoints/my --resume",
+    epilog="Examples:  charlstm train --time-budget 10 --out checkpoints/ts10  ·  charlstm train "
+    "--resume --time-budget 5  ·  charlstm train data/tinyshakespeare --preset tiny --steps 500 "
+    "--out checkpoints/tiny  then  charlstm train --out checkpoints/tiny --resume --steps 1000",
 )(_train_command())

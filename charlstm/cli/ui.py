@@ -6,9 +6,11 @@ from __future__ import annotations
 import math
 import os
 import sys
+import threading
 import time
 from collections.abc import Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -117,22 +119,37 @@ def fmt_loss(loss: float | None) -> str:
 class TrainProgress:
     """Renders the trainer's reports (`charlstm.training.progress.Reporter`): a live bar on a
     terminal, and elsewhere (a log file, a pipe, CI) a plain line every `line_every_s` seconds
-    that reads like the bar: `step 120/500 (24%) ...` or `1.3/10.0 min ...`, ETA, losses, speed."""
+    that reads like the bar: `step 120/500 (24%) ...` or `1.3/10.0 min ...`, ETA, losses, speed.
+    The plain lines come from a heartbeat thread, so they keep their pace through slow steps
+    and validations: the clock and the ETA move on from the last report, which it names."""
 
-    def __init__(self, quiet: bool = False, line_every_s: float = 10.0) -> None:
+    def __init__(
+        self, quiet: bool = False, line_every_s: float = 10.0, clock=time.monotonic
+    ) -> None:
         self.quiet = quiet
         self.live = interactive() and not quiet and not os.environ.get("CHARLSTM_PLAIN")
         self.line_every_s = line_every_s
-        self._last_line = 0.0
+        self._clock = clock
+        self._last_line = clock()
         self._progress: Progress | None = None
         self._task = None
         self._by_time = False
+        self._info = None
+        self._stats = None  # the last StepStats, and when it came
+        self._stats_at = clock()
+        self._begun = clock()
+        self._doing = "starting"  # what the run is doing since the last report
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
 
     def start(self, info) -> None:
         self._by_time = info.total_steps is None
+        self._info, self._stats_at, self._last_line = info, self._clock(), self._clock()
         if not self.quiet:
             show_table("training", run_header(info))
         if not self.live:
+            self._start_heartbeat()
             return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -150,14 +167,59 @@ class TrainProgress:
         self._task = self._progress.add_task("train", total=total, stats="")
 
     def step(self, stats) -> None:
+        self._stats, self._stats_at, self._doing = stats, self._clock(), None
         if self._progress is not None:
             done = stats.elapsed_s / 60 if self._by_time else stats.step
             self._progress.update(self._task, completed=done, stats=step_numbers(stats))
-        elif not self.quiet and time.monotonic() - self._last_line >= self.line_every_s:
-            self._last_line = time.monotonic()
-            console.print(plain_progress_line(stats), soft_wrap=True, markup=False)
+        else:
+            self.heartbeat()
+
+    def validating(self, step: int) -> None:
+        self._doing = f"validating at step {step:,}"
+
+    def heartbeat(self) -> None:
+        """The plain line, if `line_every_s` have passed since the last one (off a terminal)."""
+        if self.quiet or self._progress is not None:
+            return
+        with self._lock:  # the heartbeat thread and the trainer's reports both call this
+            if self._clock() - self._last_line < self.line_every_s:
+                return
+            self._last_line = self._clock()
+            console.print(self.heartbeat_line(), soft_wrap=True, markup=False)
+
+    def heartbeat_line(self) -> str:
+        """Where the run is now: the last report's numbers, its clock moved on to now."""
+        since = self._clock() - self._stats_at
+        stats = self._stats
+        if self._info is None:
+            return f"{fmt_duration(self._clock() - self._begun)}  preparing the run"
+        if stats is None:
+            info = self._info
+            elapsed = info.elapsed_s + since
+            if info.budget_min is not None:
+                where = (
+                    f"{elapsed / 60:.1f}/{info.budget_min:.1f} min  step {info.resumed_at or 0:,}"
+                )
+            else:
+                where = f"step {info.resumed_at or 0:,}/{info.total_steps:,}"
+            return f"{where}  {fmt_duration(elapsed)}  {self._doing or 'training'}"
+        eta = None if stats.eta_s is None else max(0.0, stats.eta_s - since)
+        line = plain_progress_line(replace(stats, elapsed_s=stats.elapsed_s + since, eta_s=eta))
+        return line + (f"  ({self._doing})" if self._doing else "")
+
+    def _start_heartbeat(self) -> None:
+        """Off a terminal, from the first thing the run says (`--preset auto`'s measuring comes
+        before `start`)."""
+        if self._thread is None and not self.live and not self.quiet:
+            self._thread = threading.Thread(target=self._beat, daemon=True, name="progress")
+            self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(min(1.0, self.line_every_s)):
+            self.heartbeat()
 
     def evaluated(self, stats) -> None:
+        self._doing = None
         loss = stats.val_loss
         self.message(
             f"step {stats.step:,}: val loss {loss:.4f}  bpc {loss / math.log(2):.4f}  "
@@ -167,6 +229,7 @@ class TrainProgress:
     def message(self, text: str) -> None:
         if self.quiet:
             return
+        self._start_heartbeat()
         target = self._progress.console if self._progress is not None else console
         target.print(_escape(text), soft_wrap=True)
 
@@ -175,6 +238,10 @@ class TrainProgress:
             show_auto_choice(choice)
 
     def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
@@ -330,6 +397,49 @@ def show_train(result) -> None:
         rows["skipped steps"] = f"{result.skipped_steps} (non-finite loss or gradient)"
     rows.update({name: str(path) for name, path in result.files.items()})
     show_table("training summary", rows)
+
+
+def show_verdict(result, quiet: bool = False) -> None:
+    """After training: each measured reason the model is not useful (a warning line each, with
+    its fix), where the model is and what its score means beside guessing, and the next
+    commands with the run's real path."""
+    from charlstm.training.verdict import REFERENCE_SCORES
+
+    for warning in result.warnings:  # through --quiet, as every warning
+        warn(str(warning))
+    best = result.files.get("best.pt")
+    if quiet or best is None or result.best_val_loss is None:
+        return
+    loss = result.best_val_loss
+    line = f"the model: {best}, val loss {loss:.3f} nats/char ({loss / math.log(2):.2f} bpc)"
+    if result.baselines is not None:
+        b = result.baselines
+        line += (
+            f"; guessing each character from its frequency scores {b.unigram_nats:.3f}, "
+            f"a uniform guess {b.uniform_nats:.3f}"
+        )
+    reference = REFERENCE_SCORES.get(result.data_name or "")
+    if reference is not None:
+        line += f"; {reference[1]} reaches {reference[0]:.3f}"
+    info(line)
+    info("next:")
+    for command in next_commands(result):
+        info(f"  {command}")
+
+
+def next_commands(result) -> list[str]:
+    """What to try after a run, with its real paths (quoted for a shell where needed)."""
+    from shlex import quote
+
+    best, run = quote(str(result.files["best.pt"])), quote(str(result.run_dir))
+    prime = " --prime 'ROMEO:'" if result.data_name == "tinyshakespeare" else ""
+    more = "--time-budget 10" if result.budget_min is not None else f"--steps {2 * result.steps}"
+    return [
+        f"charlstm sample {best}{prime} --length 500 --temperature 0.8",
+        f"charlstm eval {best}",
+        f"charlstm report {run}",
+        f"charlstm train --out {run} --resume {more}",
+    ]
 
 
 def show_eval(result) -> None:

@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 
@@ -207,8 +208,10 @@ def measure_chars_per_s(
 ) -> float:
     """Training characters per second of `cfg`'s model here: real steps (forward, loss,
     backward, clipping, fused AdamW) on random ids, with the kernel and autocast the trainer
-    would use. The first step (allocation, weight packing) is not timed; then steps until at
-    least 2 and `min_time_s` (or `max_time_s` in all, or `max_steps`), and the fastest counts:
+    would use. The first step (allocation, weight packing) is not timed, unless it alone took
+    `max_time_s` (a short budget on a busy machine: then it is the figure, a pessimistic one);
+    then steps until at least 2 and `min_time_s` (or `max_time_s` in all, or `max_steps`), and
+    the fastest counts:
     other work on a shared machine only ever slows a step down (on 2 busy cores a 2-thread
     step was seen to take 40x its idle time now and then), so the fastest step is the nearest
     to what the machine itself does. Under torchrun each process trains its share of the
@@ -247,8 +250,11 @@ def measure_chars_per_s(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()
-        if step > 0:  # the first step is the warm-up
+        if step > 0:  # the first step is the warm-up...
             step_s.append(now - start)
+        elif now - begun >= max_time_s:  # ...unless it took all the time: then it is the figure
+            step_s.append(now - start)
+            break
         enough = len(step_s) >= 2 and sum(step_s) >= min_time_s
         if enough or (step_s and now - begun >= max_time_s):
             break
@@ -256,6 +262,11 @@ def measure_chars_per_s(
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return cfg.batch_size * cfg.bptt / min(step_s)
+
+
+def measure_cap_s(budget_min: float) -> float:
+    """How long the measuring may climb: MEASURE_CAP_S, or MEASURE_CAP_SHARE of the budget."""
+    return min(MEASURE_CAP_S, MEASURE_CAP_SHARE * budget_min * 60)
 
 
 def choose(
@@ -273,9 +284,10 @@ def choose(
     from charlstm.runtime import apply_threads, choose_threads, thread_candidates
     from charlstm.training.kernel import choose_kernel
 
-    measure = measure or measure_chars_per_s
     budget_s = given["time_budget_min"] * 60
-    cap_s = min(MEASURE_CAP_S, MEASURE_CAP_SHARE * budget_s)
+    cap_s = measure_cap_s(given["time_budget_min"])
+    if measure is None:  # a candidate's own timing stops at the cap too (a warm-up and a step)
+        measure = partial(measure_chars_per_s, max_time_s=min(3.0, cap_s))
     candidates = candidate_configs(given)
     speeds: list[float] = []
     # the first shape is timed at every thread count (all cores, 1) and the rest at the faster:

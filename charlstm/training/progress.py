@@ -15,6 +15,7 @@ from charlstm.config import ModelConfig
 
 if TYPE_CHECKING:
     from charlstm.training.autopreset import AutoChoice
+    from charlstm.training.verdict import Baselines, RunWarning
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class RunInfo:
     budget_min: float | None
     resumed_at: int | None  # the step a resumed run continues from
     threads: str = ""  # the CPU threads, or how they are chosen
+    elapsed_s: float = 0.0  # of the run when training starts (earlier sessions, auto's measuring)
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class Reporter(Protocol):
 
     def start(self, info: RunInfo) -> None: ...
     def step(self, stats: StepStats) -> None: ...
+    def validating(self, step: int) -> None: ...
     def evaluated(self, stats: EvalStats) -> None: ...
     def message(self, text: str) -> None: ...
     def auto_chosen(self, choice: AutoChoice) -> None: ...
@@ -81,6 +84,9 @@ class NullReporter:
         pass
 
     def step(self, stats):
+        pass
+
+    def validating(self, step):
         pass
 
     def evaluated(self, stats):
@@ -112,6 +118,10 @@ class TrainResult:
     skipped_steps: int = 0
     files: dict[str, Path] = field(default_factory=dict)
     auto_choice: AutoChoice | None = None  # what --preset auto measured and chose
+    data_name: str | None = None  # the data's name (checkpoints/<data name>-<preset>)
+    budget_min: float | None = None  # the run's --time-budget, if it had one
+    baselines: Baselines | None = None  # what guessing scores on the val split
+    warnings: list[RunWarning] = field(default_factory=list)  # why it is not a useful model
 
     @property
     def best_val_bpc(self) -> float | None:

@@ -87,7 +87,7 @@ class Run:
             )
         return warning
 
-    def info(self) -> RunInfo:
+    def info(self, elapsed_s: float = 0.0) -> RunInfo:
         cfg = self.cfg
         return RunInfo(
             run_dir=self.run_dir.path,
@@ -108,6 +108,7 @@ class Run:
             total_steps=self.total_steps,
             budget_min=cfg.time_budget_min,
             resumed_at=self.resumed_at,
+            elapsed_s=elapsed_s,
         )
 
     def precision_name(self) -> str:
@@ -150,4 +151,6 @@ class Run:
             interrupted=interrupted,
             skipped_steps=st.skipped_steps,
             files=files,
+            data_name=self.dataset.name,
+            budget_min=self.cfg.time_budget_min,
         )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 from charlstm.config import TrainConfig
+from charlstm.training.budget import BUDGET_VALIDATIONS
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float, total: int | None = None) -> float:
@@ -45,6 +46,8 @@ def due(step: int, every_steps: int | None, every_min: float | None, since_s: fl
 def planned_evaluations(cfg: TrainConfig, steps_per_s: float, seconds: float) -> int:
     """How many validations a run of `cfg` makes in `seconds` at `steps_per_s`: the periodic
     ones of its cadence and the final one (for the benchmark's overhead figure)."""
+    if cfg.time_budget_min is not None and cfg.eval_every == "auto":
+        return BUDGET_VALIDATIONS  # at the fifths of the budget (`training.budget`)
     total = total_steps(cfg, 10**9)
     every_steps, every_min = cfg.eval_every_parsed(total)
     count, last = 1, 0.0

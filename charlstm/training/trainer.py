@@ -19,7 +19,6 @@ must agree with it, except how long, how often and where (`TrainConfig.resumable
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +31,8 @@ from charlstm.model.checkpoint import read_checkpoint
 from charlstm.model.network import CharLSTM
 from charlstm.runtime import cpu_threads, resolve_device
 from charlstm.training import autopreset, distributed
+from charlstm.training import clock as run_clock
+from charlstm.training.budget import BUDGET_VALIDATIONS, BudgetPlan
 from charlstm.training.clock import RunClock
 from charlstm.training.interrupt import Interrupt
 from charlstm.training.kernel import choose_kernel
@@ -60,6 +61,7 @@ from charlstm.training.schedule import due, lr_at
 from charlstm.training.sinks import check_extras
 from charlstm.training.step import optimizer_step
 from charlstm.training.validation import Validator
+from charlstm.training.verdict import RunFacts, baselines, diagnose
 from charlstm.training.writer import RunWriter
 
 __all__ = ["EvalStats", "NullReporter", "Reporter", "RunInfo", "StepStats", "TrainResult", "train"]
@@ -107,6 +109,9 @@ def train(
     distributed.init(dist, device)
     try:
         dataset = on_rank0_first(dist, lambda: run_dataset(data, payload, allow_data_change))
+        began = (
+            run_clock.now()
+        )  # the budget counts from here: measuring, building, training, the end
         if run_dir is None:
             run_dir = RunDir(out if out is not None else default_out(dataset.name, cfg.preset))
             run_dir.check_new(force)
@@ -116,8 +121,6 @@ def train(
             cfg = choice.config
         kernel = choose_kernel(cfg, dataset.vocab.size, device, may_measure=not dist.enabled)
         run = Run(cfg, dataset, run_dir, device, dist, kernel)
-        if choice is not None:
-            run.state.elapsed_s = choice.measure_s  # the measuring was part of the budget
         if payload is not None:
             warning = run.restore(payload, extended=bool(set(LENGTHS) & set(given)))
             if warning:
@@ -130,13 +133,43 @@ def train(
         threads = cfg.threads if cfg.threads or dist.enabled else 0
         start = choice.threads if choice is not None else None  # auto's figures say where to begin
         with cpu_threads(threads, device, ambient=False, start=start) as tuner:
-            trainer = Trainer(run, reporter, None if dist.enabled else tuner)
+            trainer = Trainer(run, reporter, None if dist.enabled else tuner, began)
             result = trainer.start(resumed=payload is not None)
         result.auto_choice = choice
+        if not result.interrupted:
+            judge(result, trainer, choice)
         return result
     finally:
         reporter.close()
         distributed.shutdown(dist)
+
+
+def judge(result: TrainResult, trainer: Trainer, choice) -> None:
+    """What the run is worth: the guesses it must beat, and every measured reason it is not a
+    useful model, with its fix (`training.verdict`)."""
+    run = trainer.run
+    vocab_size = run.dataset.vocab.size
+    result.baselines = baselines(run.streams.ids, run.val_ids, vocab_size)
+    if choice is not None:
+        reference = choice.rows[choice.chosen].chars_per_s
+        where = "--preset auto's measurement at the start"
+    else:
+        reference = trainer.fastest_chars_per_s
+        where = f"its fastest {trainer.cfg.log_every} steps"
+    facts = RunFacts(
+        steps=result.steps,
+        chars_seen=result.chars_seen,
+        params=result.params,
+        train_chars=len(run.streams.ids),
+        train_chars_per_s=trainer.train_chars_per_s,
+        reference_chars_per_s=reference if trainer.speed_measured else None,
+        reference=where,
+        best_val_nats=result.best_val_loss,
+        baselines=result.baselines,
+        budget_min=run.cfg.time_budget_min,
+        minutes_so_far=result.elapsed_s / 60,
+    )
+    result.warnings = diagnose(facts)
 
 
 def _new_config(config: TrainConfig | None, preset: str | None, given: dict, overrides: dict):
@@ -161,6 +194,10 @@ def _choose_auto(overrides: dict, dataset: Dataset, device, dist, reporter: Repo
     The choice is recorded as the run's configuration (preset "auto", the chosen values), so
     a resume rebuilds it without measuring again."""
     given = {k: v for k, v in overrides.items() if v is not None}
+    cap_s = autopreset.measure_cap_s(given["time_budget_min"])
+    reporter.message(
+        f"--preset auto: timing model shapes on {device} for up to {cap_s:.3g} s of the budget"
+    )
     choice = dist.broadcast_object(
         autopreset.choose(
             given, len(dataset.split("train")), dataset.vocab.size, device, dist.world_size
@@ -178,10 +215,15 @@ def _choose_auto(overrides: dict, dataset: Dataset, device, dist, reporter: Repo
 class Trainer:
     """The loop that moves a `Run`: `loop()` is the whole of it, and each step is a method named
     for what it does: `set_lr` → `train_step` (`training.step.optimizer_step`) → `guard` →
-    `advance` → `after_step` (log, validate, save)."""
+    `advance` → `after_step` (log, validate, save). A time-budgeted run follows a `BudgetPlan`:
+    its clock starts at `began` (once the data is ready), and it stops training early enough
+    for the final validation and save to end inside the budget."""
 
-    def __init__(self, run: Run, reporter: Reporter, threads=None) -> None:
+    def __init__(
+        self, run: Run, reporter: Reporter, threads=None, began: float | None = None
+    ) -> None:
         self.run, self.reporter = run, reporter
+        self.began = began
         self.threads = threads  # a runtime.ThreadTuner (auto threads on a CPU), or None
         if threads is not None:
             threads.on_choice = self._threads_chosen
@@ -193,7 +235,12 @@ class Trainer:
         )
         self.writer = RunWriter(run.run_dir, run.dist, run.checkpoint_bytes(), run.cfg)
         self.clock = RunClock(0.0, 0)
+        self.plan: BudgetPlan | None = None
         self._bad_in_row = 0
+        self._last_eval_step: int | None = None
+        self._train_s = 0.0  # this session's steps, their own time (the first one left out)
+        self._timed_steps = 0
+        self.fastest_chars_per_s = 0.0  # of a logged interval
 
     @property
     def model(self) -> CharLSTM:
@@ -213,7 +260,8 @@ class Trainer:
     # -- the loop -----------------------------------------------------------------------------
     def loop(self) -> TrainResult:
         """Train until the run's length is reached or Ctrl-C; then the last save."""
-        info = self.run.info()
+        self.clock = RunClock(self.state.elapsed_s, self.state.step, self.began)
+        info = self.run.info(self.clock.elapsed())
         if self.device.type == "cpu":
             threads = torch.get_num_threads()
             if self.threads is not None and len(self.threads.candidates) > 1:
@@ -223,16 +271,23 @@ class Trainer:
                 how = "--threads" if self.cfg.threads else "torch's count"
             info = replace(info, threads=f"{threads} ({how})")
         self.reporter.start(info)
-        self.clock = RunClock(self.state.elapsed_s, self.state.step)
-        self._last_eval = self._last_save = self.clock.start
+        if self.budget_s is not None:
+            marks = BUDGET_VALIDATIONS if self.cfg.eval_every == "auto" else None
+            self.plan = BudgetPlan(self.clock.elapsed(), self.budget_s, marks)
+            self.plan_validation()
+            if self.threads is not None:
+                self.threads.skip()  # the probe's time was not a step's
+        self._last_eval = self._last_save = self.clock.now()
         self._bad_in_row = 0
         self.model.train()
         with Interrupt() as interrupt:
             while not self.should_stop(interrupt):
                 lr = self.set_lr()
+                began = self.clock.now()
                 loss, ok, grad_norm = self.train_step()
                 if self.threads is not None:
                     self.threads.tick(self.cfg.batch_size * self.cfg.bptt)
+                self.note_step_time(self.clock.since(began))
                 self.guard(loss, ok, lr, grad_norm)
                 self.advance()
                 self.after_step(lr)
@@ -240,11 +295,49 @@ class Trainer:
         self.finish(interrupted)
         return self.run.result(interrupted, self.clock.elapsed())
 
+    def note_step_time(self, seconds: float) -> None:
+        """A step's own time: for the budget plan, and for the run's training speed (its first
+        step, which allocates and packs weights, left out)."""
+        if self.plan is not None:
+            self.plan.note_step(seconds)
+        if self.state.step > self.clock.session_start_step:
+            self._train_s += seconds
+            self._timed_steps += 1
+
+    @property
+    def train_chars_per_s(self) -> float:
+        """This session's training speed: its steps over their own time (no validation)."""
+        chars = self._timed_steps * self.cfg.batch_size * self.cfg.bptt
+        return chars / self._train_s if self._train_s > 0 else 0.0
+
+    @property
+    def speed_measured(self) -> bool:
+        """Enough training to judge the machine's speed by: 10 timed steps and 30 s."""
+        return self._timed_steps >= 10 and self._train_s >= 30.0
+
+    def plan_validation(self) -> None:
+        """Before a budgeted run's first step, a glance at what validation costs here: the
+        final one is reserved from the start, and a budget too short to score the whole val
+        split scores its first characters (said once)."""
+        per_char = self.validator.seconds_per_char(self.model)
+        split = self.validator.split_chars
+        chars = self.plan.validation_chars(per_char, split)
+        if chars is not None:
+            self.validator.limit(chars)
+            self.reporter.message(
+                f"validating on the first {chars:,} of the {split:,} val chars: all of them "
+                f"would take ~{per_char * split:.0f} s here, and one validation may take "
+                f"{self.plan.validation_allowance_s:.1f} s of this budget "
+                f"(charlstm eval {self.run.run_dir.path / 'best.pt'} scores them all)"
+            )
+        self.plan.note_validation(per_char * len(self.validator.val_ids))
+
     def should_stop(self, interrupt: Interrupt) -> bool:
         """The run's length is reached, or it was interrupted; every rank takes the same branch
         (the flags are summed over ranks)."""
         done = self.total_steps is not None and self.state.step >= self.total_steps
-        over = self.budget_s is not None and self.clock.elapsed() >= self.budget_s
+        stepped = self.state.step > self.clock.session_start_step  # a budget trains one step
+        over = self.plan is not None and stepped and self.plan.should_stop(self.clock.elapsed())
         ended, asked = self._sum([float(done or over), float(interrupt.requested)])
         self._interrupted = asked > 0 and ended == 0
         return ended > 0 or asked > 0
@@ -253,7 +346,7 @@ class Trainer:
         if self.total_steps is not None:
             progress = self.state.step / self.total_steps
         else:
-            progress = self.clock.elapsed() / self.budget_s
+            progress = self.plan.progress(self.clock.elapsed())
         lr = lr_at(self.cfg, self.state.step, progress, self.total_steps)
         for group in self.state.optimizer.param_groups:
             group["lr"] = lr
@@ -307,18 +400,29 @@ class Trainer:
         step = self.state.step
         if step % self.cfg.log_every == 0 or step == self.total_steps:
             self.log(lr)
-        eval_steps, eval_min = self.cfg.eval_every_parsed(self.total_steps)
         save_steps, save_min = self.cfg.save_every_parsed()
-        if step != self.total_steps and self._due(eval_steps, eval_min, self._last_eval):
+        if step != self.total_steps and self._validation_due():
             self.validate_and_save(lr)
         elif self._due(save_steps, save_min, self._last_save):
             self.save()
 
+    def _validation_due(self) -> bool:
+        """At the budget plan's marks (a budgeted run with `--eval-every auto`), else on the
+        `--eval-every` cadence."""
+        if self.plan is not None and self.plan.by_marks:  # the same branch on every rank
+            return self._rank0_decides(self.plan.validation_due(self.clock.elapsed()))
+        every_steps, every_min = self.cfg.eval_every_parsed(self.total_steps)
+        return self._due(every_steps, every_min, self._last_eval)
+
     def _due(self, every_steps: int | None, every_min: float | None, since: float) -> bool:
         """A cadence of steps (the same on every rank) or minutes (rank 0's clock decides)."""
         fires = due(self.state.step, every_steps, every_min, self.clock.since(since))
-        if self.dist.enabled and every_min is not None:
-            fires = self._sum([float(fires and self.dist.is_main)])[0] > 0
+        return self._rank0_decides(fires) if every_min is not None else fires
+
+    def _rank0_decides(self, fires: bool) -> bool:
+        """A decision taken on a clock: rank 0's, so that every rank takes the same branch."""
+        if self.dist.enabled:
+            return self._sum([float(fires and self.dist.is_main)])[0] > 0
         return fires
 
     def _sum(self, values: list[float]) -> list[float]:
@@ -329,6 +433,7 @@ class Trainer:
         """A train line: to metrics.jsonl and to the reporter."""
         st = self.state
         chars_per_s = self.clock.steps_per_s(st.step) * self.cfg.batch_size * self.cfg.bptt
+        self.fastest_chars_per_s = max(self.fastest_chars_per_s, chars_per_s)
         train_loss = st.loss_sum / st.loss_count if st.loss_count else None
         grad_norm = st.grad_norm_sum / st.loss_count if st.loss_count else None
         st.loss_sum, st.grad_norm_sum, st.loss_count = 0.0, 0.0, 0
@@ -360,8 +465,13 @@ class Trainer:
         self.reporter.step(stats)
 
     def validate_and_save(self, lr: float) -> None:
-        """Validate, record it, save last.pt, and promote it to best.pt if it is the best."""
+        """Validate, record it, save last.pt and promote it to best.pt if it is the best. A
+        budgeted run also redraws curves.png each time, and times all of it: that is what its
+        end will need."""
         st = self.state
+        began = self.clock.now()
+        if hasattr(self.reporter, "validating"):  # a Reporter written before it existed may not
+            self.reporter.validating(st.step)
         val, trained = self.validator.run_losses(st)
         improved = st.best_val is None or val < st.best_val
         st.last_val = val
@@ -376,6 +486,7 @@ class Trainer:
                 "elapsed_s": round(self.clock.elapsed(), 3),
                 "val_loss": val,
                 "val_streams": self.validator.streams,
+                "val_chars": len(self.validator.val_ids),
                 "bpc": val / math.log(2),
                 "perplexity": math.exp(min(val, 700)),
                 "lr": lr,
@@ -387,7 +498,12 @@ class Trainer:
         self.save()
         if improved:
             self.writer.promote_best(st.step)
-        self._last_eval = time.perf_counter()
+        if self.plan is not None:
+            self.writer.write_curves(self.reporter.message)
+        self._last_eval = self.clock.now()
+        self._last_eval_step = st.step
+        if self.plan is not None:
+            self.plan.note_validation(self.clock.since(began))
         if self.threads is not None:  # time the thread counts again: the load may have changed
             self.threads.recheck()
 
@@ -404,21 +520,23 @@ class Trainer:
         self.state.elapsed_s = self.clock.elapsed()
         payload = self.run.payload()  # a collective under DDP: every rank takes part
         self.writer.save_last(payload, self.state.step)
-        self._last_save = time.perf_counter()
+        self._last_save = self.clock.now()
         if self.threads is not None:
             self.threads.skip()  # the time since the last step was not a step's
 
     def finish(self, interrupted: bool) -> None:
-        """The last save (and, for a run that ran to its end, the final validation)."""
+        """The last save (and, for a run that ran to its end, the final validation, unless
+        the last step was just validated)."""
         st = self.state
         if interrupted:
             self.reporter.message("interrupted: saving last.pt")
             self.save()
         elif st.step == self.clock.session_start_step and st.last_val is not None:
             self.reporter.message(f"the run is already at step {st.step:,}: nothing to do")
-        else:
+        elif st.step != self._last_eval_step:
             self.validate_and_save(self.state.optimizer.param_groups[0]["lr"])
-        self.writer.write_curves(self.reporter.message)
+        if self.plan is None or interrupted:
+            self.writer.write_curves(self.reporter.message)
         # leave together: a rank that tears down its process group while another still works
         # can abort in gloo's background threads
         self.dist.barrier()

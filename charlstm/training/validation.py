@@ -18,12 +18,36 @@ from charlstm.training.runstate import RunState
 SAMPLE_CHARS = 200
 
 
+#: characters per stream that `seconds_per_char` times: a glance, not a validation
+PROBE_CHARS = 32
+
+
 class Validator:
-    """Scores a model on the val split: `streams` contiguous streams side by side."""
+    """Scores a model on the val split: `streams` contiguous streams side by side (all of the
+    split, unless `limit` cut it to the first characters a time budget can afford)."""
 
     def __init__(self, val_ids: np.ndarray, batch_size: int, device, amp_dtype, dist: Dist):
         self.val_ids, self.device, self.amp_dtype, self.dist = val_ids, device, amp_dtype, dist
+        self.batch_size = batch_size
+        self.split_chars = len(val_ids)
         self.streams = stream_count(len(val_ids), batch_size)
+
+    def seconds_per_char(self, model: torch.nn.Module) -> float:
+        """What validation costs here per character, from scoring PROBE_CHARS of each stream
+        once (rank 0's figure on every rank): a time budget reserves the final validation
+        before it has timed one."""
+        from charlstm.training.clock import now
+
+        ids = self.val_ids[: self.streams * PROBE_CHARS + 1]
+        began = now()
+        stream_nats(model, ids, self.streams, self.device, self.amp_dtype, bptt=PROBE_CHARS)
+        per_char = (now() - began) / max(1, len(ids) - 1)
+        return self.dist.broadcast_object(per_char if self.dist.is_main else None)
+
+    def limit(self, chars: int) -> None:
+        """Score only the first `chars` characters of the split from now on."""
+        self.val_ids = self.val_ids[: max(2, chars)]
+        self.streams = stream_count(len(self.val_ids), self.batch_size)
 
     def loss(self, model: torch.nn.Module) -> float:
         """Exact full-stream val loss (nats/char) of the model's weights as they are; each rank

@@ -1,0 +1,126 @@
+"""A run that cannot be a useful model says so, one line per measured cause with its fix: too
+few steps, too little text for the model, a machine far below its measured speed, a score no
+better than guessing; a healthy run says nothing of the kind. After training, the CLI names
+the model, what its score means, and the next commands with the run's real path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_budget import FakeClock
+from tiny import TINY_KWARGS, tiny_args, word_text
+
+from charlstm.data.prepare import tokenize
+from charlstm.training.trainer import train
+from charlstm.training.verdict import (
+    MIN_SEEN_PER_PARAM,
+    MIN_TEXT_PER_PARAM,
+    SLOW_SHARE,
+    baselines,
+)
+
+TINY = dict(**TINY_KWARGS, lr=1e-2, dropout=0.0, eval_batch_size=4, log_every=5, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """~3,000 characters of random words: 2,700 to train on."""
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "corpus.txt").write_text(word_text(3000), encoding="utf-8")
+    return tokenize(folder / "corpus.txt", folder / "tok").out
+
+
+def messages(result) -> list[str]:
+    return [str(w) for w in result.warnings]
+
+
+def test_the_guesses_a_model_must_beat():
+    """Uniform: ln V. Unigram: the val characters scored by the train split's add-one
+    smoothed frequencies."""
+    train_ids = np.array([0] * 90 + [1] * 10, dtype=np.uint8)
+    val_ids = np.array([1, 0, 0, 1], dtype=np.uint8)  # scored: 0, 0, 1
+    b = baselines(train_ids, val_ids, vocab_size=3)
+    p = np.array([91, 11, 1]) / 103
+    assert b.uniform_nats == pytest.approx(math.log(3))
+    assert b.unigram_nats == pytest.approx(-(2 * math.log(p[0]) + math.log(p[1])) / 3)
+
+
+def test_a_healthy_run_has_no_warning(data, tmp_path):
+    result = train(data, tmp_path / "run", steps=300, eval_every=100, **TINY)
+    assert result.chars_seen >= 3 * MIN_SEEN_PER_PARAM * result.params
+    assert result.best_val_loss < result.baselines.unigram_nats
+    assert result.warnings == []
+
+
+def test_too_few_steps_names_the_steps_a_useful_model_needs(data, tmp_path):
+    result = train(data, tmp_path / "run", steps=5, eval_every=5, **TINY)
+    (line,) = messages(result)
+    per_step = result.chars_seen / 5
+    need = math.ceil(3 * MIN_SEEN_PER_PARAM * result.params / per_step)
+    assert line.startswith(f"too few steps for this model: 5 steps saw {result.chars_seen:,}")
+    assert f"train for about {need:,} steps (--steps), or a smaller model" in line
+
+
+def test_too_few_steps_in_a_budget_names_the_minutes(data, tmp_path, monkeypatch):
+    FakeClock(monkeypatch, step_s=10.0, validate_s=1.0)
+    result = train(data, tmp_path / "run", time_budget_min=1, **TINY)
+    line = next(m for m in messages(result) if m.startswith("too few steps"))
+    assert "minutes at this run's" in line and "(--time-budget)" in line
+
+
+def test_too_little_text_for_the_model(data, tmp_path):
+    """2,700 characters for a 1 x LSTM(128): about 0.035 characters per parameter."""
+    result = train(data, tmp_path / "run", steps=5, eval_every=5, **{**TINY, "hidden_size": 128})
+    assert MIN_TEXT_PER_PARAM * result.params > 2700
+    line = next(m for m in messages(result) if m.startswith("too little text"))
+    assert f"2,700 train characters for {result.params:,} parameters" in line
+    assert f"at least {MIN_TEXT_PER_PARAM * result.params:,.0f} characters" in line
+
+
+def test_a_machine_far_below_its_measured_speed(data, tmp_path, monkeypatch):
+    """The first 10 steps at 10 ms, then every one at 1 s (other programs took the CPU): the
+    run's speed is a small share of its fastest logged steps'."""
+    FakeClock(monkeypatch, step_s=lambda step: 0.01 if step <= 10 else 1.0, validate_s=0.1)
+    result = train(data, tmp_path / "run", steps=60, eval_every=60, **TINY)
+    line = next(m for m in messages(result) if m.startswith("this machine ran far below"))
+    chars = 16 * 4
+    fastest, mean = 5 * chars / 0.05, 59 * chars / (9 * 0.01 + 50 * 1.0)
+    assert mean < SLOW_SHARE * fastest
+    assert (
+        f"{mean:,.0f} chars/s, {mean / fastest:.2f}x the {fastest:,.0f} of its fastest 5 steps"
+        in line
+    )
+    assert line.endswith("close them, or train when the machine is idle")
+
+
+def test_no_better_than_guessing_from_frequencies(data, tmp_path):
+    """Enough steps and text, but a learning rate that moves nothing."""
+    result = train(data, tmp_path / "run", steps=200, eval_every=200, **{**TINY, "lr": 1e-9})
+    (line,) = messages(result)
+    assert line.startswith("the model is no better than guessing each character from its")
+    assert f"val loss {result.best_val_loss:.3f} nats/char" in line
+
+
+# -- the CLI ---------------------------------------------------------------------------------
+def test_after_training_the_cli_names_the_model_its_meaning_and_the_next_commands(
+    run_cli, data, tmp_path
+):
+    run = tmp_path / "run"
+    result = run_cli("train", data, "--out", run, *tiny_args(steps=5, log_every=5))
+    assert result.exit_code == 0, result.stderr
+    err = result.stderr
+    assert "warning: too few steps for this model: 5 steps" in err
+    assert f"the model: {run / 'best.pt'}, val loss" in err
+    assert "guessing each character from its frequency scores" in err
+    for command in (
+        f"charlstm sample {run / 'best.pt'} --length 500 --temperature 0.8",
+        f"charlstm eval {run / 'best.pt'}",
+        f"charlstm report {run}",
+        f"charlstm train --out {run} --resume --steps 10",
+    ):
+        assert command in err
+    quiet = run_cli("train", data, "--out", tmp_path / "q", "--quiet", *tiny_args(steps=5))
+    assert quiet.stderr.startswith("warning: too few steps") and "next:" not in quiet.stderr
