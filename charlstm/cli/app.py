@@ -129,8 +129,8 @@ app = typer.Typer(
     cls=_Group,
     name="charlstm",
     help="Character-level language modeling with multi-layer LSTMs: tokenize, train, eval, sample.",
-    epilog="Example:  charlstm train --time-budget 10  then  charlstm sample "
-    "checkpoints/tinyshakespeare-auto/best.pt --prime 'ROMEO:'",
+    epilog="Example:  charlstm train --time-budget 10 --out checkpoints/ts10  then  charlstm "
+    "sample checkpoints/ts10/best.pt --prime 'ROMEO:'",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": HELP_OPTIONS},

@@ -26,8 +26,9 @@ class Normalize(str, Enum):
 
 
 @app.command(
-    epilog="Examples:  charlstm tokenize  ·  charlstm tokenize my.txt --out data/my "
-    "--level byte --val-frac 0.05 --test-frac 0.05",
+    epilog="Examples:  charlstm tokenize --out data/ts-chars  ·  charlstm tokenize "
+    "corpora/tinyshakespeare.txt --out data/ts-bytes --level byte --val-frac 0.05 --test-frac "
+    "0.05",
 )
 def tokenize(
     corpus: Annotated[

@@ -31,7 +31,7 @@ EvalPrecision = Enum("EvalPrecision", {p: p for p in PRECISIONS}, type=str)  # t
 @app.command(
     name="eval",
     epilog="Examples:  charlstm eval checkpoints/tinyshakespeare-auto/best.pt  ·  charlstm eval "
-    "run/best.pt --text notes.txt --unknown skip --json",
+    "checkpoints/tinyshakespeare-auto/best.pt --text README.md --unknown skip --json",
 )
 @with_options(  # (a bad value is refused even without --dynamic / --cache)
     dynamic_settings=(DynamicSettings, "Dynamic evaluation (with --dynamic)"),

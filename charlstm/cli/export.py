@@ -25,10 +25,11 @@ class ExportFormat(str, Enum):
 @app.command(
     name="export",
     epilog="Examples:  charlstm export checkpoints/tinyshakespeare-auto/best.pt --format web "
-    "--out ts-web  (then open ts-web/index.html)  ·  charlstm export run/best.pt --format onnx "
-    "--out run-onnx  (then python examples/onnx_sample.py run-onnx --prime 'ROMEO:')  ·  "
-    "charlstm export run/best.pt --format safetensors --out run-model  (then charlstm sample "
-    "run-model)",
+    "--out ts-web  (then open ts-web/index.html)  ·  charlstm export "
+    "checkpoints/tinyshakespeare-auto/best.pt --format onnx --out ts-onnx  then  python "
+    "examples/onnx_sample.py ts-onnx --prime 'ROMEO:'  ·  charlstm export "
+    "checkpoints/tinyshakespeare-auto/best.pt --format safetensors --out ts-model  then  "
+    "charlstm sample ts-model",
 )
 def export_(
     checkpoint: CheckpointArg,

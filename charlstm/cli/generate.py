@@ -16,8 +16,9 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
 @app.command(
     epilog="Examples:  charlstm sample checkpoints/tinyshakespeare-auto/best.pt --prime "
-    "'ROMEO:' --length 300 --temperature 0.8 --seed 1  ·  charlstm sample run/best.pt "
-    "--num-samples 4 --top-p 0.9 --json  ·  charlstm sample run/best.pt --output samples.txt",
+    "'ROMEO:' --length 300 --temperature 0.8 --seed 1  ·  charlstm sample "
+    "checkpoints/tinyshakespeare-auto/best.pt --num-samples 4 --top-p 0.9 --json  ·  charlstm "
+    "sample checkpoints/tinyshakespeare-auto/best.pt --output samples.txt",
 )
 def sample(
     checkpoint: CheckpointArg,

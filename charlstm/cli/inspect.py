@@ -26,9 +26,11 @@ class InspectView(str, Enum):
 @app.command(
     name="inspect",
     epilog="Examples:  charlstm inspect checkpoints/tinyshakespeare-auto/best.pt  ·  charlstm "
-    "inspect run/best.pt notes.txt --html notes.html  ·  charlstm inspect run/best.pt --prime "
+    "inspect checkpoints/tinyshakespeare-auto/best.pt README.md --unknown skip --html "
+    "readme.html  ·  charlstm inspect checkpoints/tinyshakespeare-auto/best.pt --prime "
     "'KING RICHARD III:' --view neurons --neuron 1:42  ·  charlstm inspect "
-    "run/best.pt --against run/early.pt --view compare",
+    "checkpoints/tinyshakespeare-auto/best.pt --against checkpoints/tinyshakespeare-auto/last.pt "
+    "--view compare",
 )
 def inspect_(
     checkpoint: CheckpointArg,

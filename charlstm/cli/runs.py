@@ -16,7 +16,7 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
 @app.command(
     epilog="Examples:  charlstm report checkpoints/tinyshakespeare-auto  ·  charlstm report "
-    "run --png curves.png",
+    "checkpoints/tinyshakespeare-auto --png curves.png",
 )
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder of `charlstm train`.")],
@@ -44,7 +44,7 @@ def report(
 
 @app.command(
     epilog="Examples:  charlstm info checkpoints/tinyshakespeare-auto/best.pt  ·  "
-    "charlstm info run/last.pt --json | jq .best_val",
+    "charlstm info checkpoints/tinyshakespeare-auto/last.pt --json | jq .best_val",
 )
 def info(
     checkpoint: CheckpointArg,

@@ -28,9 +28,10 @@ app = typer.Typer()  # merged into the `charlstm` group by charlstm.cli.app
 
 @app.command(
     epilog="Examples:  charlstm serve checkpoints/tinyshakespeare-auto/best.pt  (then open "
-    "http://127.0.0.1:8000/)  ·  charlstm serve run/best.pt --port 0 --api-key s3cret  ·  "
-    "curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' -d "
-    '\'{"model": "RUN", "prompt": "ROMEO:", "max_tokens": 200}\'',
+    "http://127.0.0.1:8000/)  ·  charlstm serve checkpoints/tinyshakespeare-auto/best.pt "
+    "--port 0 --api-key s3cret  ·  curl http://127.0.0.1:8000/v1/completions -H "
+    "'Content-Type: application/json' -d "
+    '\'{"model": "tinyshakespeare-auto", "prompt": "ROMEO:", "max_tokens": 200}\'',
 )
 @with_options(limits=(ServeLimits, "Limits (what one request may ask for)"))
 def serve(
