@@ -10,7 +10,7 @@ from pathlib import Path
 
 from charlstm.cli.ui import fmt_duration, plain_progress_line, run_header, step_numbers
 from charlstm.config import ModelConfig
-from charlstm.training.progress import RunInfo, StepStats
+from charlstm.training.progress import EvalStats, RunInfo, StepStats
 
 
 def stats(**overrides) -> StepStats:
@@ -135,9 +135,11 @@ def test_off_a_terminal_a_plain_line_comes_every_10_s_through_slow_steps_and_val
     assert len(lines) == 2
     assert lines[1].startswith("0.6/10.0 min  step 120  33.0 s  ETA 9m27s  loss 1.234")
     assert lines[1].endswith("(validating at step 120)")
+    progress.evaluated(EvalStats(step=125, val_loss=1.4, improved=True, streams=4))
     beat(131.0)
-    beat(141.5)
-    assert len(lines) == 4 and "53.5 s" in lines[3]
+    assert lines[2].startswith("step 125: val loss 1.4000")  # the validation's own line
+    beat(141.5)  # the step the last report named, numbers from the last logged step
+    assert len(lines) == 5 and lines[4].startswith("0.9/10.0 min  step 125  53.5 s")
     progress.close()
 
 

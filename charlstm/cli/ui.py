@@ -138,6 +138,7 @@ class TrainProgress:
         self._stats = None  # the last StepStats, and when it came
         self._stats_at = clock()
         self._begun = clock()
+        self._step = 0  # the latest step any report named
         self._doing = "starting"  # what the run is doing since the last report
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -146,6 +147,7 @@ class TrainProgress:
     def start(self, info) -> None:
         self._by_time = info.total_steps is None
         self._info, self._stats_at, self._last_line = info, self._clock(), self._clock()
+        self._step = info.resumed_at or 0
         if not self.quiet:
             show_table("training", run_header(info))
         if not self.live:
@@ -168,6 +170,7 @@ class TrainProgress:
 
     def step(self, stats) -> None:
         self._stats, self._stats_at, self._doing = stats, self._clock(), None
+        self._step = max(self._step, stats.step)
         if self._progress is not None:
             done = stats.elapsed_s / 60 if self._by_time else stats.step
             self._progress.update(self._task, completed=done, stats=step_numbers(stats))
@@ -176,6 +179,7 @@ class TrainProgress:
 
     def validating(self, step: int) -> None:
         self._doing = f"validating at step {step:,}"
+        self._step = max(self._step, step)
 
     def heartbeat(self) -> None:
         """The plain line, if `line_every_s` have passed since the last one (off a terminal)."""
@@ -197,14 +201,13 @@ class TrainProgress:
             info = self._info
             elapsed = info.elapsed_s + since
             if info.budget_min is not None:
-                where = (
-                    f"{elapsed / 60:.1f}/{info.budget_min:.1f} min  step {info.resumed_at or 0:,}"
-                )
+                where = f"{elapsed / 60:.1f}/{info.budget_min:.1f} min  step {self._step:,}"
             else:
-                where = f"step {info.resumed_at or 0:,}/{info.total_steps:,}"
+                where = f"step {self._step:,}/{info.total_steps:,}"
             return f"{where}  {fmt_duration(elapsed)}  {self._doing or 'training'}"
         eta = None if stats.eta_s is None else max(0.0, stats.eta_s - since)
-        line = plain_progress_line(replace(stats, elapsed_s=stats.elapsed_s + since, eta_s=eta))
+        now = replace(stats, step=self._step, elapsed_s=stats.elapsed_s + since, eta_s=eta)
+        line = plain_progress_line(now)
         return line + (f"  ({self._doing})" if self._doing else "")
 
     def _start_heartbeat(self) -> None:
@@ -220,6 +223,7 @@ class TrainProgress:
 
     def evaluated(self, stats) -> None:
         self._doing = None
+        self._step = max(self._step, stats.step)
         loss = stats.val_loss
         self.message(
             f"step {stats.step:,}: val loss {loss:.4f}  bpc {loss / math.log(2):.4f}  "
@@ -424,7 +428,7 @@ def show_verdict(result, quiet: bool = False) -> None:
     info(line)
     info("next:")
     for command in next_commands(result):
-        info(f"  {command}")
+        console.print(f"  {_escape(command)}", soft_wrap=True)  # indented: _escape alone strips
 
 
 def next_commands(result) -> list[str]:
