@@ -3,6 +3,7 @@ escape codes where they do not belong (NO_COLOR, logs, pipes)."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -94,6 +95,27 @@ def test_the_auto_choice_table_names_the_choice_its_reason_and_the_users_options
     assert table.row_count == len(choice.rows)
     TrainProgress(quiet=True).auto_chosen(choice)
     assert capsys.readouterr().err == ""
+
+
+def test_a_budget_no_shape_fits_is_a_warning_before_training_with_the_budget_that_would(capsys):
+    """The issue's quick start: 2x384 at 864 chars/s for 5 minutes, 0.12 characters per
+    parameter. The warning comes with the table (and through --quiet), naming the minutes at
+    which the smallest shape would see 1.5."""
+    import torch
+
+    from charlstm.cli.ui import TrainProgress
+    from charlstm.training.autopreset import MIN_CHARS_PER_PARAM, OVERHEAD, choose
+
+    choice = choose({"time_budget_min": 5}, 10**6, 65, torch.device("cpu"),
+                    measure=lambda cfg, vocab_size, device, world_size=1: 864.0)  # fmt: skip
+    row = choice.rows[choice.chosen]
+    assert row.name == "2x384" and not row.fits
+    TrainProgress(quiet=True).auto_chosen(choice)
+    (line,) = capsys.readouterr().err.splitlines()
+    need = (MIN_CHARS_PER_PARAM * row.params / 864 / (1 - OVERHEAD) + choice.measure_s) / 60
+    assert line.startswith("warning: no model shape trains well in 5 min here: the smallest, ")
+    assert f"{row.chars_per_param:.2f} characters per parameter at the 864 chars/s" in line
+    assert f"give --time-budget {math.ceil(need)} or more" in line
 
 
 def _info(**overrides) -> RunInfo:

@@ -240,6 +240,9 @@ class TrainProgress:
     def auto_chosen(self, choice) -> None:
         if not self.quiet:
             show_auto_choice(choice)
+        shortfall = choice.shortfall()
+        if shortfall is not None:  # through --quiet, as every warning
+            warn(str(shortfall))
 
     def close(self) -> None:
         self._stop.set()

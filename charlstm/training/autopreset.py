@@ -160,6 +160,24 @@ class AutoChoice:
     def config(self) -> TrainConfig:
         return self.rows[self.chosen].config
 
+    def shortfall(self):
+        """When no shape fits the budget, the warning that says so before training (a
+        `training.verdict.RunWarning`: the measured reason and the budget that would fit)."""
+        from charlstm.training.verdict import SMALL_FIX, RunWarning
+
+        row = self.rows[self.chosen]
+        if row.fits or row.chars_per_s is None or row.chars_per_param is None:
+            return None
+        train_s = MIN_CHARS_PER_PARAM * row.params / row.chars_per_s
+        minutes = math.ceil((train_s / (1 - OVERHEAD) + self.measure_s) / 60)
+        return RunWarning(
+            f"no model shape trains well in {self.budget_min:g} min here: the smallest, "
+            f"{row.name}, sees {row.chars_per_param:.2f} characters per parameter at the "
+            f"{row.chars_per_s:,.0f} chars/s measured (a useful model needs "
+            f"{MIN_CHARS_PER_PARAM:g}), so expect a poor model",
+            f"give --time-budget {minutes} or more, or a smaller model: {SMALL_FIX}",
+        )
+
     @property
     def regularisation(self) -> dict[str, float]:
         """The chosen dropout and weight decay, auto's or the user's."""
