@@ -157,7 +157,8 @@ def test_time_budget_on_resume_means_minutes_more(data, tmp_path):
     payload = read_checkpoint(run / "last.pt")
     assert payload["train_config"]["steps"] is None
     assert payload["train_config"]["time_budget_min"] == pytest.approx(elapsed / 60 + 0.01)
-    assert result.steps > 10 and payload["run"]["elapsed_s"] >= elapsed + 0.6
+    # its clock carries on from the first session's (where it stops: tests/test_budget.py)
+    assert result.steps > 10 and payload["run"]["elapsed_s"] > elapsed
 
 
 def test_a_length_shorter_than_the_run_is_refused(data, tmp_path):
