@@ -48,7 +48,7 @@ main()
 """
 
 
-def run_budget(minutes: float, work: Path, extra: list[str]) -> dict:
+def run_budget(minutes: float, work: Path, extra: list[str], show: bool = False) -> dict:
     out = work / f"run-{minutes:g}"
     spy = work / f"spy-{minutes:g}.json"
     cmd = [sys.executable, "-c", CHILD, "train", "--time-budget", f"{minutes:g}",
@@ -72,6 +72,10 @@ def run_budget(minutes: float, work: Path, extra: list[str]) -> dict:
         sys.exit(f"train exited {proc.returncode}:\n" + "\n".join(t for _, t in lines[-20:]))
     end = json.loads(spy.read_text())
     budget_start = end["returned"] - end["elapsed_s"]
+    if show:  # every stderr line with its time from the budget's start
+        for t, text in lines:
+            if text.strip() and not set(text.strip()[:1]) & set("│┃━┏└┡┗"):
+                print(f"{t - budget_start:7.1f} s  {text[:110]}")
     records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     eval_steps = [r["step"] for r in records if r["kind"] == "eval"]
     # the plain progress lines: "0.3/0.5 min  step 12 ...", before it "4.0 s  preparing the run"
@@ -101,10 +105,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget", type=float, action="append", help="minutes (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON")
+    parser.add_argument("--lines", action="store_true", help="print each run's stderr, timed")
     args, extra = parser.parse_known_args()  # anything else goes to `charlstm train`
     budgets = args.budget or [0.5, 1.0]
     with tempfile.TemporaryDirectory(prefix="charlstm-time-budget-") as tmp:
-        rows = [run_budget(m, Path(tmp), extra) for m in budgets]
+        rows = [run_budget(m, Path(tmp), extra, args.lines) for m in budgets]
     if args.json:
         print(json.dumps(rows, indent=2))
         return

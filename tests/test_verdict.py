@@ -61,7 +61,8 @@ def test_too_few_steps_names_the_steps_a_useful_model_needs(data, tmp_path):
     per_step = result.chars_seen / 5
     need = math.ceil(3 * MIN_SEEN_PER_PARAM * result.params / per_step)
     assert line.startswith(f"too few steps for this model: 5 steps saw {result.chars_seen:,}")
-    assert f"train for about {need:,} steps (--steps), or a smaller model" in line
+    # the fix names the steps; --preset tiny would be no smaller than this model
+    assert line.endswith(f"train for about {need:,} steps (--steps)")
 
 
 def test_too_few_steps_in_a_budget_names_the_minutes(data, tmp_path, monkeypatch):
@@ -78,6 +79,17 @@ def test_too_little_text_for_the_model(data, tmp_path):
     line = next(m for m in messages(result) if m.startswith("too little text"))
     assert f"2,700 train characters for {result.params:,} parameters" in line
     assert f"at least {MIN_TEXT_PER_PARAM * result.params:,.0f} characters" in line
+    assert "or a smaller model: --preset tiny" not in line  # 1 x 128 is tiny's own shape
+
+
+def test_the_20_kb_case_names_the_smaller_preset(data, tmp_path):
+    """A model far larger than `--preset tiny` on a small text: the fix names tiny too."""
+    options = {**TINY, "hidden_size": 256, "num_layers": 2}
+    result = train(data, tmp_path / "run", steps=2, eval_every=2, **options)
+    line = next(m for m in messages(result) if m.startswith("too little text"))
+    assert line.endswith(
+        "or a smaller model: --preset tiny (1 x LSTM(128), about 0.1 M parameters)"
+    )
 
 
 def test_a_machine_far_below_its_measured_speed(data, tmp_path, monkeypatch):

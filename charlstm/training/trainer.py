@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from charlstm.config import AUTO_PRESET, CPU_DEFAULT_PRESET, TrainConfig, resolve_config
+from charlstm.config import AUTO_PRESET, CPU_DEFAULT_PRESET, PRESETS, TrainConfig, resolve_config
 from charlstm.data.dataset import Dataset, data_name
 from charlstm.errors import CharLSTMError, OptionError
 from charlstm.model.checkpoint import read_checkpoint
@@ -149,6 +149,7 @@ def judge(result: TrainResult, trainer: Trainer, choice) -> None:
     useful model, with its fix (`training.verdict`)."""
     run = trainer.run
     vocab_size = run.dataset.vocab.size
+    tiny = PRESETS["tiny"]
     result.baselines = baselines(run.streams.ids, run.val_ids, vocab_size)
     if choice is not None:
         reference = choice.rows[choice.chosen].chars_per_s
@@ -168,6 +169,9 @@ def judge(result: TrainResult, trainer: Trainer, choice) -> None:
         baselines=result.baselines,
         budget_min=run.cfg.time_budget_min,
         minutes_so_far=result.elapsed_s / 60,
+        tiny_params=autopreset.parameter_count(
+            tiny["num_layers"], tiny["hidden_size"], tiny["embed_size"], vocab_size, tied=False
+        ),
     )
     result.warnings = diagnose(facts)
 

@@ -77,6 +77,7 @@ class RunFacts:
     baselines: Baselines
     budget_min: float | None
     minutes_so_far: float
+    tiny_params: int = 0  # what `--preset tiny` has on this vocabulary: a fix only if smaller
 
 
 def diagnose(f: RunFacts) -> list[RunWarning]:
@@ -89,8 +90,7 @@ def diagnose(f: RunFacts) -> list[RunWarning]:
                 f"too little text for this model: {f.train_chars:,} train characters for "
                 f"{_millions(f.params)} parameters ({f.train_chars / f.params:.3f} per "
                 "parameter), so it memorises the text instead of learning to predict it",
-                f"give it more text (at least {need:,.0f} characters for this size) or a "
-                f"smaller model: {SMALL_FIX}",
+                f"give it more text (at least {need:,.0f} characters for this size)" + _smaller(f),
             )
         )
     if f.chars_seen < MIN_SEEN_PER_PARAM * f.params:
@@ -129,16 +129,17 @@ def _too_few_steps(f: RunFacts) -> RunWarning:
         minutes = need_chars / f.train_chars_per_s / 60
         fix = (
             f"train for about {math.ceil(minutes):,} minutes at this run's "
-            f"{f.train_chars_per_s:,.0f} chars/s (--time-budget), or a smaller model: "
-            f"{SMALL_FIX}"
+            f"{f.train_chars_per_s:,.0f} chars/s (--time-budget)" + _smaller(f)
         )
     else:
         per_step = f.chars_seen / max(1, f.steps)
-        fix = (
-            f"train for about {math.ceil(need_chars / per_step):,} steps (--steps), or a "
-            f"smaller model: {SMALL_FIX}"
-        )
+        fix = f"train for about {math.ceil(need_chars / per_step):,} steps (--steps)" + _smaller(f)
     return RunWarning(message, fix)
+
+
+def _smaller(f: RunFacts) -> str:
+    """`--preset tiny` as the other fix, where it is smaller than the run's model."""
+    return f", or a smaller model: {SMALL_FIX}" if f.params > 1.5 * f.tiny_params else ""
 
 
 def _millions(n: int) -> str:
