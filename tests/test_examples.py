@@ -42,6 +42,8 @@ NOT_RUN = {
     "mkdocs serve": "serves the docs until stopped (CI runs mkdocs build --strict)",
     "charlstm serve": "serves until stopped (tests/test_server.py drives the server)",
     "curl ": "needs the server running (tests/test_server.py)",
+    "lm_eval ": "needs the server running and a task's data (tests/test_lm_eval.py runs it end "
+    "to end on a task it writes)",
     "charlstm bench": "minutes of measuring (tests/test_bench.py runs its sections)",
     "charlstm corpus get": "downloads (tests/test_catalog.py serves the files locally)",
 }
