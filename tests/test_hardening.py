@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import TINY_KWARGS, tiny_args, word_text
+from tiny import TINY_KWARGS, tiny_args, tokenized_run, word_text
 from typer.testing import CliRunner
 
 import charlstm.cli.app
@@ -30,7 +30,6 @@ from charlstm.atomic import (
     remove_stale_temporaries,
     temp_path,
 )
-from charlstm.data.prepare import tokenize
 from charlstm.errors import CharLSTMError
 from charlstm.training.trainer import train
 
@@ -75,15 +74,7 @@ def digest(folder: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> dict[str, Path]:
     """A tokenized folder and a short run on it."""
-    root = tmp_path_factory.mktemp("hard")
-    source = root / "corpus.txt"
-    source.write_text(word_text(3000), encoding="utf-8")
-    data = tokenize(source, root / "tok").out
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(data, root / "run", **TINY_KWARGS, steps=6, eval_every=3, dropout=0.0, device="cpu")
-    torch.set_num_threads(threads)
-    return {"root": root, "data": data, "run": root / "run", "source": source}
+    return tokenized_run(tmp_path_factory.mktemp("hard"), 3000)
 
 
 def copy_run(made, tmp_path: Path, name: str = "run") -> Path:

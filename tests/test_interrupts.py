@@ -20,13 +20,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import torch
-from tiny import TINY_KWARGS, tiny_args, word_text
+from tiny import tiny_args, tokenized_run
 
 from charlstm.cli.io import KEPT_WHEN_STOPPED
 from charlstm.data.prepare import tokenize
 from charlstm.model.checkpoint import read_checkpoint
-from charlstm.training.trainer import train
 
 STOP_AFTER = """
 import importlib, os, signal, sys
@@ -77,15 +75,7 @@ def no_temporaries(*folders: Path) -> None:
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("stop")
-    source = root / "corpus.txt"
-    source.write_text(word_text(4000), encoding="utf-8")
-    data = tokenize(source, root / "tok").out
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(data, root / "run", **TINY_KWARGS, steps=6, eval_every=3, dropout=0.0, device="cpu")
-    torch.set_num_threads(threads)
-    return {"root": root, "data": data, "run": root / "run", "source": source}
+    return tokenized_run(tmp_path_factory.mktemp("stop"), 4000)
 
 
 def test_every_command_has_its_line():

@@ -98,3 +98,23 @@ def word_run(root, n_chars: int, *, val_frac: float, **checkpoint_kwargs):
     vocab = Vocab.load(data / "tokenizer.json")
     extra = {"data": {"folder": str(data.resolve())}, **checkpoint_kwargs.pop("extra", {})}
     return random_checkpoint(root / "model.pt", vocab, extra=extra, **checkpoint_kwargs), data
+
+
+def tokenized_run(root, n_chars: int) -> dict:
+    """A tokenized folder of `n_chars` of word text under `root` and a 6-step single-thread run
+    on it: {"root", "data", "run", "source"}."""
+    import torch
+
+    from charlstm.data.prepare import tokenize
+    from charlstm.training.trainer import train
+
+    source = root / "corpus.txt"
+    source.write_text(word_text(n_chars), encoding="utf-8")
+    data = tokenize(source, root / "tok").out
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(data, root / "run", **TINY_KWARGS, steps=6, eval_every=3, dropout=0.0, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    return {"root": root, "data": data, "run": root / "run", "source": source}

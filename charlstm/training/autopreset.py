@@ -234,10 +234,10 @@ def measure_chars_per_s(
     step was seen to take 40x its idle time now and then), so the fastest step is the nearest
     to what the machine itself does. Under torchrun each process trains its share of the
     streams, so the rate counts all of them."""
-    from charlstm.model.network import repackage_state
-    from charlstm.runtime import autocast, autocast_dtype
+    from charlstm.runtime import autocast_dtype
     from charlstm.training.build import build_model, build_optimizer
     from charlstm.training.kernel import choose_kernel
+    from charlstm.training.step import probe_step
 
     begun = time.perf_counter()
     # --precision auto: the kernel this shape trains fastest with here (timed once per machine)
@@ -255,16 +255,7 @@ def measure_chars_per_s(
     step_s: list[float] = []
     for step in range(max_steps + 1):
         start = time.perf_counter()
-        with autocast(device, amp):
-            logits, state = model(window[:-1], state)
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, vocab_size), window[1:].reshape(-1)
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip or math.inf)
-        optimizer.step()
-        state = tuple(s.float() for s in repackage_state(state))
+        state = probe_step(model, optimizer, window, state, cfg.clip, amp)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         now = time.perf_counter()

@@ -56,8 +56,8 @@ def time_kernels(cfg: TrainConfig, vocab_size: int, device: torch.device) -> dic
     """Training chars/s of `cfg`'s shape with each kernel: one warm-up step each, then
     ROUNDS steps each, taking turns; the fastest step of each counts (a shared machine only
     ever slows a step down)."""
-    from charlstm.model.network import repackage_state
     from charlstm.training.build import build_model, build_optimizer
+    from charlstm.training.step import probe_step
 
     sides = {}
     for kernel in KERNELS:
@@ -70,15 +70,7 @@ def time_kernels(cfg: TrainConfig, vocab_size: int, device: torch.device) -> dic
     def step(kernel: str) -> float:
         model, optimizer, state = sides[kernel]
         start = time.perf_counter()
-        logits, state = model(window[:-1], state)
-        loss = torch.nn.functional.cross_entropy(
-            logits.float().reshape(-1, vocab_size), window[1:].reshape(-1)
-        )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip or math.inf)
-        optimizer.step()
-        sides[kernel][2] = tuple(s.float() for s in repackage_state(state))
+        sides[kernel][2] = probe_step(model, optimizer, window, state, cfg.clip)
         return time.perf_counter() - start
 
     for kernel in KERNELS:

@@ -57,3 +57,17 @@ def _clip_and_check(model, loss: torch.Tensor, clip: float, dist: Dist) -> tuple
 def _loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy in nats per character."""
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def probe_step(model, optimizer, window: torch.Tensor, hidden, clip: float | None, amp_dtype=None):
+    """One plain training step on `window` for timing a shape (no NaN guard, no ranks): forward
+    under `amp_dtype`'s autocast, loss, backward, clip, update. Returns the carried state,
+    detached, in fp32."""
+    with autocast(window.device, amp_dtype):
+        logits, hidden = model(window[:-1], hidden)
+    loss = _loss(logits, window[1:])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip or math.inf)
+    optimizer.step()
+    return tuple(s.float() for s in repackage_state(hidden))
