@@ -182,7 +182,8 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0) -> None:
 def test_bench_stopped_by_sigterm_removes_what_it_wrote_and_its_child(tmp_path, where):
     """#35 item 5: the partial big text stayed after SIGTERM. Stopped while its `tokenize`
     child works on the generated text: the child stops too, and nothing the bench wrote is
-    left (a --workdir keeps only what it held before; the default folder goes)."""
+    left (a --workdir keeps only what it held before; the default folder goes). 16 MB: the
+    child must still be at work when the test looks (2 MB was tokenized between two looks)."""
     work = tmp_path / "work"
     work.mkdir()
     (work / "mine.txt").write_text("keep")
@@ -191,7 +192,7 @@ def test_bench_stopped_by_sigterm_removes_what_it_wrote_and_its_child(tmp_path, 
     folder = work if where == "workdir" else tmp
     args = ["--workdir", work] if where == "workdir" else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "charlstm", "bench", "--section", "tokenize", "--corpus-mb", "2",
+        [sys.executable, "-m", "charlstm", "bench", "--section", "tokenize", "--corpus-mb", "16",
          *map(str, args)],
         stderr=subprocess.PIPE,
         text=True,
