@@ -17,9 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tiny import random_checkpoint
+from tiny import served_run
 
-from charlstm.data.vocab import Vocab
 from charlstm.serving.server import serve_available
 
 pytestmark = pytest.mark.skipif(
@@ -38,10 +37,7 @@ LIMITS = dict(max_prompt_chars=100, max_tokens=400, max_n=3, max_body_bytes=2000
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
     """A random model in a run folder named `myrun` (the model's name in the API)."""
-    vocab = Vocab("char", "".join(sorted(set(CHARS))))
-    path = tmp_path_factory.mktemp("runs") / "myrun" / "best.pt"
-    path.parent.mkdir()
-    return random_checkpoint(path, vocab, hidden_size=32, num_layers=2, seed=3, scale=2.0)
+    return served_run(tmp_path_factory.mktemp("runs"), "myrun", CHARS, seed=3)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from test_server import running_server
-from tiny import random_checkpoint
+from tiny import random_checkpoint, served_run
 
 from charlstm.data.vocab import Vocab
 from charlstm.errors import OptionError
@@ -39,10 +39,7 @@ PROMPT = (
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    vocab = Vocab("char", "".join(sorted(set(CHARS))))
-    path = tmp_path_factory.mktemp("runs") / "chatrun" / "best.pt"
-    path.parent.mkdir()
-    return random_checkpoint(path, vocab, hidden_size=32, num_layers=2, seed=5, scale=2.0)
+    return served_run(tmp_path_factory.mktemp("runs"), "chatrun", CHARS, seed=5)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_server import CHARS, post, running_server
-from tiny import random_checkpoint
+from tiny import random_checkpoint, served_run
 
 from charlstm.data.vocab import Vocab
 from charlstm.serving.server import serve_available
@@ -26,10 +26,7 @@ TEXT = "the cat sat on a mat.\nCafé naïve — 東京 😀! the cat sat.\n" * 3
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    vocab = Vocab("char", "".join(sorted(set(CHARS))))
-    path = tmp_path_factory.mktemp("runs") / "myrun" / "best.pt"
-    path.parent.mkdir()
-    return random_checkpoint(path, vocab, hidden_size=32, num_layers=2, seed=3, scale=2.0)
+    return served_run(tmp_path_factory.mktemp("runs"), "myrun", CHARS, seed=3)
 
 
 @pytest.fixture(scope="module")

@@ -118,3 +118,14 @@ def tokenized_run(root, n_chars: int) -> dict:
     finally:
         torch.set_num_threads(threads)
     return {"root": root, "data": data, "run": root / "run", "source": source}
+
+
+def served_run(root, run: str, chars: str, *, seed: int):
+    """A random 2x32 char model over `chars` as `root/run/best.pt`: the folder's name is the
+    model's name in the server's API."""
+    from charlstm.data.vocab import Vocab
+
+    path = root / run / "best.pt"
+    path.parent.mkdir()
+    vocab = Vocab("char", "".join(sorted(set(chars))))
+    return random_checkpoint(path, vocab, hidden_size=32, num_layers=2, seed=seed, scale=2.0)
