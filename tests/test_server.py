@@ -277,7 +277,7 @@ def test_stream_limit_and_disconnect_frees_the_slot(ckpt):
             rb = b.send(b.build_request("POST", url + "/v1/completions", json=body), stream=True)
             lines_a, lines_b = ra.iter_lines(), rb.iter_lines()  # (kept: a dropped one closes)
             next(lines_a), next(lines_b)
-            assert scheduler.active == 2, (scheduler.error, scheduler._rows)
+            assert scheduler.active == 2, (scheduler.error, scheduler.batch.rows)
             full = post(url, {**body, "stream": False, "max_tokens": 5})
             assert full.status_code == 429
             assert full.json()["error"]["code"] == "rate_limit_exceeded"
