@@ -14,7 +14,8 @@ Starts `charlstm serve` in a child process on a free loopback port and, in this 
 3. `charlstm sample --num-samples` --clients, the same way;
 4. --clients concurrent streams (`AsyncOpenAI`), each --max-tokens characters;
 
-then the first-character latency: while --clients - 1 streams run, --probes new requests
+(1 and 2 in the order A B B A, the mean of each pair its round's figure), then the
+first-character latency: while --clients - 1 streams run, --probes new requests
 arrive one after another; the time from sending each to its first character (p50, p99).
 Each ratio is the median of the rounds' ratios.
 
@@ -67,17 +68,20 @@ def random_small_checkpoint(folder: Path) -> Path:
     return path
 
 
-def sample_speed(checkpoint: Path, length: int, num_samples: int) -> float:
+def sample_speed(checkpoint: Path, length: int, num_samples: int, threads: int) -> float:
     """Characters/s of `charlstm sample CKPT --prime KING: --length L --temperature 1
-    --num-samples N`, timed around the library call it makes (no process start-up)."""
+    --num-samples N --threads T`, timed around the library call it makes (no process
+    start-up)."""
     from charlstm.generation.sampling import generate
     from charlstm.model.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(checkpoint)  # loaded before the clock starts
-    generate(checkpoint, prime=PROMPT, length=20, temperature=1.0, num_samples=num_samples)
+    generate(checkpoint, prime=PROMPT, length=20, temperature=1.0, num_samples=num_samples,
+             threads=threads)  # fmt: skip
     t0 = time.perf_counter()
     texts = generate(checkpoint, prime=PROMPT, length=length, temperature=1.0,
-                     num_samples=num_samples, on_text=lambda _i, _piece: None)  # fmt: skip
+                     num_samples=num_samples, on_text=lambda _i, _piece: None,
+                     threads=threads)  # fmt: skip
     elapsed = time.perf_counter() - t0
     return sum(len(t) - len(PROMPT) for t in texts) / elapsed
 
@@ -94,6 +98,13 @@ async def one_stream(client, body: dict, seed: int) -> tuple[float | None, int]:
             first = time.perf_counter() - t0
         chars += n
     return first, chars
+
+
+async def stream_speed(client, body: dict, seed: int) -> float:
+    """Characters/s of one streaming completion, from the request to its last character."""
+    t0 = time.perf_counter()
+    chars = (await one_stream(client, body, seed))[1]
+    return chars / (time.perf_counter() - t0)
 
 
 async def concurrent(client, body: dict, clients: int, rounds: int) -> float:
@@ -187,10 +198,15 @@ def main() -> None:
                                    max_retries=0, timeout=120) as client:  # fmt: skip
                 await one_stream(client, {**body, "max_tokens": 20}, 0)  # warm-up
                 for r in range(args.rounds):
-                    sample_one = sample_speed(checkpoint, args.max_tokens, 1)
-                    t0 = time.perf_counter()
-                    one = (await one_stream(client, body, r))[1] / (time.perf_counter() - t0)
-                    sample_many = sample_speed(checkpoint, args.max_tokens, args.clients)
+                    # one stream against `sample`, A B B A: a load that changes within the
+                    # round weighs on both alike
+                    sample_a = sample_speed(checkpoint, args.max_tokens, 1, args.threads)
+                    one_a = await stream_speed(client, body, 2 * r)
+                    one_b = await stream_speed(client, body, 2 * r + 1)
+                    sample_b = sample_speed(checkpoint, args.max_tokens, 1, args.threads)
+                    sample_one, one = (sample_a + sample_b) / 2, (one_a + one_b) / 2
+                    sample_many = sample_speed(checkpoint, args.max_tokens, args.clients,
+                                               args.threads)  # fmt: skip
                     many = await concurrent(client, body, args.clients, 1)
                     rounds.append((sample_one, one, sample_many, many))
                 firsts = await first_char_latency(client, body, args.clients - 1, args.probes)
