@@ -146,7 +146,8 @@ class TrainProgress:
 
     def start(self, info) -> None:
         self._by_time = info.total_steps is None
-        self._info, self._stats_at, self._last_line = info, self._clock(), self._clock()
+        # the plain lines keep the pace they had (auto's measuring printed some already)
+        self._info, self._stats_at = info, self._clock()
         self._step = info.resumed_at or 0
         if not self.quiet:
             show_table("training", run_header(info))
