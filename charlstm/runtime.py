@@ -289,7 +289,8 @@ class ThreadTuner:
     out holds every other one up, and N threads can run several times slower than 1. Which is
     faster depends on what else runs right now, so it is measured, on the work itself: the
     caller calls `tick(units)` after each piece of work (a training step, an evaluation
-    window); the first piece (allocations, weight packing) is not timed. A trial runs each
+    window); the first piece (allocations, weight packing), and the first after each
+    `recheck()`, is not timed. A trial runs each
     candidate twice, A B B A, each time for at least `trial_ticks` pieces and `trial_s`
     seconds, then the faster is kept (`choose_threads`). A new trial starts when the observed
     rate falls below `recheck_below` x the one measured for the choice, every
@@ -373,6 +374,9 @@ class ThreadTuner:
             return
         self._queue = self._order()
         self._begin(self._queue[0])
+        # the first piece after a pause (a validation: caches cold, buffers re-made) runs
+        # slower than any count's rate, and would fall on the current count's figure alone
+        self._warm = False
 
     def describe(self) -> str:
         """'1 thread (2: 3,659, 1: 5,398 chars/s)': the choice and what it was chosen from."""
