@@ -476,10 +476,7 @@ def bench_tokenize(ctx: BenchContext, report: BenchReport) -> None:
 def bench_train(ctx: BenchContext, report: BenchReport) -> None:
     """Training chars/s per preset against its matmuls and a plain reference loop, for the
     fp32 path and, on CPUs with bf16 units, the bf16 LSTM kernel (`--precision bf16`)."""
-    from charlstm.config import resolve_config
-    from charlstm.model import native
     from charlstm.runtime import keep_freed_memory
-    from charlstm.training.kernel import choose_kernel
 
     keep_freed_memory()  # what `train` does on a CPU, here from the start for every side
     with_bf16 = has_bf16_units()
@@ -489,100 +486,126 @@ def bench_train(ctx: BenchContext, report: BenchReport) -> None:
             vocab_size=ctx.dataset.vocab.size,
             **{k: p[k] for k in ("embed_size", "hidden_size", "num_layers", "dropout")},
         )
-        B, T = p["batch_size"], p["bptt"]
         ctx.say(f"training speed, preset {name}")
-        ideal_s, _ = ideal_step_seconds(cfg, B, T, ctx.min_time)
-        steps = {"tiny": 60, "small": 12, "medium": 4, "large": 2}[name]
-        # the fp32 trainer, the reference and the bf16 trainer take turns, so a slow minute
-        # on a shared machine lands on every side of the ratios rather than on one
-        rounds = []
-        for _ in range(1 if ctx.quick else 5):
-            mine = charlstm_train_chars_per_s(ctx.data_dir, name, steps, ctx.work, "fp32")
-            theirs = reference_train_chars_per_s(cfg, B, T, steps, ctx.dataset.split("train"))
-            bf16 = (
-                charlstm_train_chars_per_s(ctx.data_dir, name, steps, ctx.work, "bf16")
-                if with_bf16
-                else None
-            )
-            rounds.append((mine, theirs, bf16))
-        steady = float(np.median([mine[1] for mine, _, _ in rounds]))
-        ref = float(np.median([theirs for _, theirs, _ in rounds]))
-        vs_ref = float(np.median([mine[1] / theirs for mine, theirs, _ in rounds]))
-        overhead = float(np.median([mine[2] for mine, _, _ in rounds]))
-        fwd, _ = lstm_flops_per_char(cfg)
-        achieved = 3 * fwd * steady / 1e9
-        gated = name != "tiny"  # the tiny preset is for tests: no targets
-        report.add(
-            "train",
-            f"{name}: charlstm chars/s (whole loop, fp32)",
-            steady,
-            "chars/s",
-            note=f"{achieved:.0f} GFLOP/s counted; vs its matmuls at the fp32 rates "
-            "measured at its own shapes (target >= 0.85x)",
-            ratio=steady * ideal_s / (B * T),
-            target=0.85 if gated else None,
+        rounds = _train_rounds(ctx, name, cfg, with_bf16)
+        steady = _report_train_fp32(ctx, report, name, cfg, rounds)
+        if with_bf16:
+            _report_train_bf16(ctx, report, name, cfg, rounds, steady)
+
+
+def _train_rounds(ctx: BenchContext, name: str, cfg: ModelConfig, with_bf16: bool) -> list:
+    """(charlstm fp32, the reference loop, charlstm bf16 or None) per round: the three take
+    turns, so a slow minute on a shared machine lands on every side of the ratios rather than
+    on one."""
+    p = PRESETS[name]
+    steps = {"tiny": 60, "small": 12, "medium": 4, "large": 2}[name]
+    train_ids = ctx.dataset.split("train")
+    rounds = []
+    for _ in range(1 if ctx.quick else 5):
+        mine = charlstm_train_chars_per_s(ctx.data_dir, name, steps, ctx.work, "fp32")
+        theirs = reference_train_chars_per_s(cfg, p["batch_size"], p["bptt"], steps, train_ids)
+        bf16 = (
+            charlstm_train_chars_per_s(ctx.data_dir, name, steps, ctx.work, "bf16")
+            if with_bf16
+            else None
         )
-        report.add(
-            "train",
-            f"{name}: reference loop chars/s",
-            ref,
-            "chars/s",
-            note="nn.Embedding+nn.LSTM+nn.Linear+Adam, same dropouts, no bookkeeping; "
-            "charlstm fp32 vs this, median of alternating rounds (target >= 1.0x)",
-            ratio=vs_ref,
-            target=1.0 if gated else None,
-        )
-        report.add(
-            "train",
-            f"{name}: validation + checkpoints in a 10-min run",
-            100 * overhead,
-            "%",
-            note="measured eval and save times x their count in a "
-            "--time-budget 10 run (target < 5%)",
-            ratio=0.05 / max(overhead, 1e-9),
-            target=1.0 if gated else None,
-        )
-        if not with_bf16:
-            continue
-        ideal_bf16_s, _ = ideal_step_seconds(cfg, B, T, ctx.min_time, torch.bfloat16)
-        bf16_steady = float(np.median([bf16[1] for _, _, bf16 in rounds]))
-        vs_fp32 = float(np.median([bf16[1] / mine[1] for mine, _, bf16 in rounds]))
-        auto = choose_kernel(
-            resolve_config(name, device="cpu"), ctx.dataset.vocab.size, torch.device("cpu")
-        )
-        picked = auto.kernel
-        cells = "C" if native.cell_kernels() else f"ATen ops ({native.unavailable_reason})"
-        report.add(
-            "train",
-            f"{name}: charlstm chars/s (whole loop, bf16 LSTM)",
-            bf16_steady,
-            "chars/s",
-            note=f"--precision bf16 vs fp32, median of alternating rounds (target >= 1.7x); "
-            f"--precision auto picks {picked} here; cell kernels: {cells}",
-            ratio=vs_fp32,
-            target=1.7 if gated else None,
-        )
-        report.add(
-            "train",
-            f"{name}: bf16 LSTM vs its matmuls at bf16 rates",
-            3 * fwd * bf16_steady / 1e9,
-            "GFLOP/s",
-            note="counted GFLOP/s; ratio: chars/s vs every matmul at the bf16 rate measured "
-            "at its own shape (target >= 0.6x)",
-            ratio=bf16_steady * ideal_bf16_s / (B * T),
-            target=0.6 if gated else None,
-        )
-        measured_here = {"fp32": steady, "bf16": bf16_steady}
-        report.add(
-            "train",
-            f"{name}: --precision auto",
-            measured_here[picked],
-            "chars/s",
-            note=f"picks {picked} ({auto.describe()}); ratio: vs the faster of fp32 and bf16 "
-            "in this run (target >= 0.95x)",
-            ratio=measured_here[picked] / max(measured_here.values()),
-            target=0.95 if gated else None,
-        )
+        rounds.append((mine, theirs, bf16))
+    return rounds
+
+
+def _report_train_fp32(ctx, report: BenchReport, name: str, cfg: ModelConfig, rounds) -> float:
+    """The fp32 loop against its matmuls and the reference loop, and the share of validation
+    and checkpoints in a 10-minute run; returns its steady chars/s."""
+    B, T = PRESETS[name]["batch_size"], PRESETS[name]["bptt"]
+    ideal_s, _ = ideal_step_seconds(cfg, B, T, ctx.min_time)
+    steady = float(np.median([mine[1] for mine, _, _ in rounds]))
+    ref = float(np.median([theirs for _, theirs, _ in rounds]))
+    vs_ref = float(np.median([mine[1] / theirs for mine, theirs, _ in rounds]))
+    overhead = float(np.median([mine[2] for mine, _, _ in rounds]))
+    fwd, _ = lstm_flops_per_char(cfg)
+    achieved = 3 * fwd * steady / 1e9
+    gated = name != "tiny"  # the tiny preset is for tests: no targets
+    report.add(
+        "train",
+        f"{name}: charlstm chars/s (whole loop, fp32)",
+        steady,
+        "chars/s",
+        note=f"{achieved:.0f} GFLOP/s counted; vs its matmuls at the fp32 rates "
+        "measured at its own shapes (target >= 0.85x)",
+        ratio=steady * ideal_s / (B * T),
+        target=0.85 if gated else None,
+    )
+    report.add(
+        "train",
+        f"{name}: reference loop chars/s",
+        ref,
+        "chars/s",
+        note="nn.Embedding+nn.LSTM+nn.Linear+Adam, same dropouts, no bookkeeping; "
+        "charlstm fp32 vs this, median of alternating rounds (target >= 1.0x)",
+        ratio=vs_ref,
+        target=1.0 if gated else None,
+    )
+    report.add(
+        "train",
+        f"{name}: validation + checkpoints in a 10-min run",
+        100 * overhead,
+        "%",
+        note="measured eval and save times x their count in a --time-budget 10 run (target < 5%)",
+        ratio=0.05 / max(overhead, 1e-9),
+        target=1.0 if gated else None,
+    )
+    return steady
+
+
+def _report_train_bf16(ctx, report, name: str, cfg: ModelConfig, rounds, steady: float) -> None:
+    """The bf16 kernel against fp32 and its matmuls at bf16 rates, and what `--precision auto`
+    picks here against the faster of the two."""
+    from charlstm.config import resolve_config
+    from charlstm.model import native
+    from charlstm.training.kernel import choose_kernel
+
+    B, T = PRESETS[name]["batch_size"], PRESETS[name]["bptt"]
+    gated = name != "tiny"
+    fwd, _ = lstm_flops_per_char(cfg)
+    ideal_bf16_s, _ = ideal_step_seconds(cfg, B, T, ctx.min_time, torch.bfloat16)
+    bf16_steady = float(np.median([bf16[1] for _, _, bf16 in rounds]))
+    vs_fp32 = float(np.median([bf16[1] / mine[1] for mine, _, bf16 in rounds]))
+    auto = choose_kernel(
+        resolve_config(name, device="cpu"), ctx.dataset.vocab.size, torch.device("cpu")
+    )
+    picked = auto.kernel
+    cells = "C" if native.cell_kernels() else f"ATen ops ({native.unavailable_reason})"
+    report.add(
+        "train",
+        f"{name}: charlstm chars/s (whole loop, bf16 LSTM)",
+        bf16_steady,
+        "chars/s",
+        note=f"--precision bf16 vs fp32, median of alternating rounds (target >= 1.7x); "
+        f"--precision auto picks {picked} here; cell kernels: {cells}",
+        ratio=vs_fp32,
+        target=1.7 if gated else None,
+    )
+    report.add(
+        "train",
+        f"{name}: bf16 LSTM vs its matmuls at bf16 rates",
+        3 * fwd * bf16_steady / 1e9,
+        "GFLOP/s",
+        note="counted GFLOP/s; ratio: chars/s vs every matmul at the bf16 rate measured "
+        "at its own shape (target >= 0.6x)",
+        ratio=bf16_steady * ideal_bf16_s / (B * T),
+        target=0.6 if gated else None,
+    )
+    measured_here = {"fp32": steady, "bf16": bf16_steady}
+    report.add(
+        "train",
+        f"{name}: --precision auto",
+        measured_here[picked],
+        "chars/s",
+        note=f"picks {picked} ({auto.describe()}); ratio: vs the faster of fp32 and bf16 "
+        "in this run (target >= 0.95x)",
+        ratio=measured_here[picked] / max(measured_here.values()),
+        target=0.95 if gated else None,
+    )
 
 
 def bench_eval(ctx: BenchContext, report: BenchReport) -> None:

@@ -290,59 +290,15 @@ def choose(
     well (bigger ones only do worse) or at the measuring cap, and take the largest that fits;
     its dropout and weight decay follow from how many epochs the budget gives it. `given`
     holds the options the user set (time_budget_min among them); those win over auto's."""
-    from charlstm.runtime import apply_threads, choose_threads, thread_candidates
     from charlstm.training.kernel import choose_kernel
 
-    budget_s = given["time_budget_min"] * 60
-    cap_s = measure_cap_s(given["time_budget_min"])
-    if measure is None:  # a candidate's own timing stops at the cap too (a warm-up and a step)
-        measure = partial(measure_chars_per_s, max_time_s=min(3.0, cap_s))
     candidates = candidate_configs(given)
-    speeds: list[float] = []
-    # the first shape is timed at every thread count (all cores, 1) and the rest at the faster:
-    # beside a busy program one thread can beat all of them (runtime.ThreadTuner)
-    threads_before = torch.get_num_threads()
-    auto_threads = given.get("threads", 0) == 0 and device.type == "cpu" and world_size == 1
-    counts = thread_candidates() if auto_threads else (given.get("threads") or threads_before,)
-    apply_threads(counts[0])
-    thread_rates: dict[int, float] = {}
-    start = time.perf_counter()
-    cost_s = 0.0
-    stopped = "climbing ended at the largest candidate"
-    for i, (name, cfg) in enumerate(candidates):
-        spent = time.perf_counter() - start
-        params = _params(cfg, vocab_size)
-        if speeds and spent + cost_s * params / _params(candidates[i - 1][1], vocab_size) > cap_s:
-            stopped = f"the next would take the measuring past its {cap_s:.3g} s cap"
-            break
-        try:
-            if not speeds and len(counts) > 1:
-                for count in counts:
-                    apply_threads(count)
-                    thread_rates[count] = measure(cfg, vocab_size, device, world_size)
-                apply_threads(choose_threads(thread_rates))
-                speeds.append(thread_rates[choose_threads(thread_rates)])
-            else:
-                speeds.append(measure(cfg, vocab_size, device, world_size))
-        except torch.OutOfMemoryError:
-            stopped = f"{name} does not fit in memory"
-            break
-        cost_s = time.perf_counter() - start - spent
-        train_s = (budget_s - (time.perf_counter() - start)) * (1 - OVERHEAD)
-        if speeds[-1] * train_s < MIN_CHARS_PER_PARAM * params:
-            stopped = f"{name} falls short, so every larger one would"
-            break
-    measure_s = time.perf_counter() - start
-    apply_threads(threads_before)
-    train_s = max(0.0, budget_s - measure_s) * (1 - OVERHEAD)
-    rows = []
-    for i, (name, cfg) in enumerate(candidates):
-        row = CandidateRow(name, cfg, _params(cfg, vocab_size))
-        if i < len(speeds):
-            chars = speeds[i] * train_s
-            row = replace(row, chars_per_s=speeds[i], chars_in_budget=chars)
-            row = replace(row, verdict="fits" if row.fits else "too few chars")
-        rows.append(row)
+    climb = _climb(given, candidates, vocab_size, device, world_size, measure)
+    train_s = max(0.0, given["time_budget_min"] * 60 - climb.measure_s) * (1 - OVERHEAD)
+    rows = [CandidateRow(name, cfg, _params(cfg, vocab_size)) for name, cfg in candidates]
+    for i, speed in enumerate(climb.speeds):
+        row = replace(rows[i], chars_per_s=speed, chars_in_budget=speed * train_s)
+        rows[i] = replace(row, verdict="fits" if row.fits else "too few chars")
     fitting = [i for i, r in enumerate(rows) if r.fits]
     chosen = fitting[-1] if fitting else 0
     row = rows[chosen]
@@ -350,21 +306,6 @@ def choose(
     reg = {**regularisation_for_epochs(epochs), **{k: given[k] for k in given if k in REGULARISERS}}
     verdict = "chosen" if fitting else "chosen: none fits"
     rows[chosen] = replace(row, config=replace(row.config, **reg), verdict=verdict)
-    if fitting:
-        why = (
-            f"{row.name} is the largest shape that sees at least {MIN_CHARS_PER_PARAM:g} "
-            f"characters per parameter in {given['time_budget_min']:g} min "
-            f"({row.chars_per_param:.2f}; {stopped})"
-        )
-    else:
-        why = (
-            f"no shape sees {MIN_CHARS_PER_PARAM:g} characters per parameter in "
-            f"{given['time_budget_min']:g} min, so the smallest, {row.name}"
-        )
-    why += f"; {epochs:.1f} epochs of {train_chars:,} train chars -> " + ", ".join(
-        f"{k.replace('_', ' ')} {v:g}" + (" (yours)" if k in given else "") for k, v in reg.items()
-    )
-    user_set = {flag(k): given[k] for k in CHOSEN_FIELDS if k in given}
     kernel = choose_kernel(row.config, vocab_size, device, may_measure=False).kernel
     return AutoChoice(
         budget_min=given["time_budget_min"],
@@ -375,11 +316,100 @@ def choose(
         chosen=chosen,
         epochs=epochs,
         regularisation_measured=MEASURED_EPOCHS[0] < epochs <= MEASURED_EPOCHS[1],
-        measure_s=measure_s,
-        reason=why,
-        user_set=user_set,
-        threads=choose_threads(thread_rates) if thread_rates else None,
-        thread_rates=thread_rates,
+        measure_s=climb.measure_s,
+        reason=_reason(given, row, bool(fitting), climb.stopped, epochs, train_chars, reg),
+        user_set={flag(k): given[k] for k in CHOSEN_FIELDS if k in given},
+        threads=climb.threads,
+        thread_rates=climb.thread_rates,
+    )
+
+
+@dataclass
+class _Climb:
+    """What timing the candidates found: the speed of each one timed (smallest first), why
+    the climb stopped, the seconds it took, and the thread counts timed on the first."""
+
+    speeds: list[float]
+    stopped: str
+    measure_s: float
+    thread_rates: dict[int, float]
+
+    @property
+    def threads(self) -> int | None:
+        from charlstm.runtime import choose_threads
+
+        return choose_threads(self.thread_rates) if self.thread_rates else None
+
+
+def _climb(given, candidates, vocab_size, device, world_size, measure) -> _Climb:
+    """Time the candidates from the smallest up until one falls short of the budget, the next
+    would take the measuring past its cap, or one does not fit in memory."""
+    from charlstm.runtime import apply_threads, choose_threads, thread_candidates
+
+    budget_s = given["time_budget_min"] * 60
+    cap_s = measure_cap_s(given["time_budget_min"])
+    if measure is None:  # a candidate's own timing stops at the cap too (a warm-up and a step)
+        measure = partial(measure_chars_per_s, max_time_s=min(3.0, cap_s))
+    # the first shape is timed at every thread count (all cores, 1) and the rest at the faster:
+    # beside a busy program one thread can beat all of them (runtime.ThreadTuner)
+    threads_before = torch.get_num_threads()
+    auto_threads = given.get("threads", 0) == 0 and device.type == "cpu" and world_size == 1
+    counts = thread_candidates() if auto_threads else (given.get("threads") or threads_before,)
+    apply_threads(counts[0])
+    climb = _Climb([], "climbing ended at the largest candidate", 0.0, {})
+    start = time.perf_counter()
+    cost_s = 0.0
+    for i, (name, cfg) in enumerate(candidates):
+        spent = time.perf_counter() - start
+        params = _params(cfg, vocab_size)
+        if (
+            climb.speeds
+            and spent + cost_s * params / _params(candidates[i - 1][1], vocab_size) > cap_s
+        ):
+            climb.stopped = f"the next would take the measuring past its {cap_s:.3g} s cap"
+            break
+        try:
+            if not climb.speeds and len(counts) > 1:
+                for count in counts:
+                    apply_threads(count)
+                    climb.thread_rates[count] = measure(cfg, vocab_size, device, world_size)
+                apply_threads(choose_threads(climb.thread_rates))
+                climb.speeds.append(climb.thread_rates[choose_threads(climb.thread_rates)])
+            else:
+                climb.speeds.append(measure(cfg, vocab_size, device, world_size))
+        except torch.OutOfMemoryError:
+            climb.stopped = f"{name} does not fit in memory"
+            break
+        cost_s = time.perf_counter() - start - spent
+        train_s = (budget_s - (time.perf_counter() - start)) * (1 - OVERHEAD)
+        if climb.speeds[-1] * train_s < MIN_CHARS_PER_PARAM * params:
+            climb.stopped = f"{name} falls short, so every larger one would"
+            break
+    climb.measure_s = time.perf_counter() - start
+    apply_threads(threads_before)
+    return climb
+
+
+def _reason(given, row, fits: bool, stopped: str, epochs: float, train_chars: int, reg) -> str:
+    """Why auto chose `row`, and the regularisation its epochs give, in one sentence."""
+    budget = given["time_budget_min"]
+    if fits:
+        why = (
+            f"{row.name} is the largest shape that sees at least {MIN_CHARS_PER_PARAM:g} "
+            f"characters per parameter in {budget:g} min ({row.chars_per_param:.2f}; {stopped})"
+        )
+    else:
+        why = (
+            f"no shape sees {MIN_CHARS_PER_PARAM:g} characters per parameter in {budget:g} "
+            f"min, so the smallest, {row.name}"
+        )
+    return (
+        why
+        + f"; {epochs:.1f} epochs of {train_chars:,} train chars -> "
+        + ", ".join(
+            f"{k.replace('_', ' ')} {v:g}" + (" (yours)" if k in given else "")
+            for k, v in reg.items()
+        )
     )
 
 
