@@ -5,8 +5,9 @@ line per run to a results file, and print the table.
 A reference CPU-minute is what the plain fp32 loop (nn.Embedding + nn.LSTM + nn.Linear + Adam,
 2 x 512, batch 32, bptt 128: `small`'s shapes) computes in one minute on the idle machine
 (`REFERENCE_IDLE_CHARS_PER_S`, its fastest step there). On the idle machine that loop and the
-10-minute default's shape (2 x 640, bf16 kernel) step at about the same rate (`calibrate`:
-0.94-1.00x at one thread), so a reference minute is also an idle minute of the default. Two
+10-minute default's shape (2 x 640, bf16 kernel) step at about the same rate at one thread
+(`calibrate`: 0.94-1.00x), so a reference minute is about an idle minute of the default (at
+two threads on 2026-12-07: 7,200 against auto's 9,168 chars/s for 2 x 640, 0.79x). Two
 ways to give a run N of them on a machine that others share:
 
 - `--mode steps` (the default, for comparing recipes): `--preset auto` chooses the shape as
@@ -52,11 +53,11 @@ import torch.nn.functional as F
 from torch import nn
 
 #: the plain fp32 loop's fastest step on the idle project machine (2-core AMD EPYC, 2 threads,
-#: tiny shakespeare's 65 symbols), chars/s: an estimate, not a measurement (the machine was
-#: never idle when this was written): the 10-minute default's idle rate, since `calibrate`
-#: timed the two within 0.74-1.00x of each other (bench/RESULTS.md "How do the quality levers
-#: compare at equal reference CPU-minutes"); only `--mode wall` uses it. Measure it idle.
-REFERENCE_IDLE_CHARS_PER_S = 16_700.0
+#: tiny shakespeare's 65 symbols), chars/s: measured idle on 2026-12-07 (`python
+#: bench/quality.py reference`, median of 5: 6,922-7,358, load 1.4-1.6 from nothing else).
+#: Before, an estimate of 16,700 (the 10-minute default's idle rate) stood here, which made
+#: `--mode wall` give an idle machine 2.3 times its budget. Only `--mode wall` uses it.
+REFERENCE_IDLE_CHARS_PER_S = 7_200.0
 #: what the 10-minute default (2 x 640 with the bf16 kernel) trained at on the idle machine:
 #: 2,436 and 2,211 steps of 4,096 characters in 10 minutes (16,546 and 15,005 chars/s overall;
 #: bench/RESULTS.md "What does 10 minutes on a CPU reach on tiny shakespeare"); its fastest step
