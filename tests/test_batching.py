@@ -5,6 +5,7 @@ text whatever runs beside it, stop sequences cut the text, cancel frees a slot a
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -351,3 +352,36 @@ def test_uniforms_drawn_in_chunks_equal_one_draw(ckpt):
         stream.tokens += 1
     expected = np.random.default_rng([9, 0]).random(600, dtype=np.float32)
     assert np.array_equal(np.array(drawn, np.float32), expected)
+
+
+def test_the_worker_times_its_thread_counts_or_applies_the_one_given(ckpt):
+    """#36: `serve --threads 0` chooses the worker's threads by timing its rounds (torch's
+    count is per thread, so it is set on the worker itself); `--threads N` applies N there."""
+    from charlstm.runtime import thread_candidates
+
+    seen = []
+    fixed = BatchScheduler(ckpt, threads=1, listener=lambda _: seen.append(torch.get_num_threads()))
+    fixed.start()
+    try:
+        stream = fixed.submit("the", sampled(1, max_tokens=50))[0]
+        while not stream.done:
+            time.sleep(0.01)
+    finally:
+        fixed.close()
+    assert seen and set(seen) == {1}
+
+    chosen = []
+    timed = BatchScheduler(ckpt, threads=0)
+    timed.on_threads = lambda tuner: chosen.append(dict(tuner.rates))
+    timed.start()
+    try:
+        stream = timed.submit("the", sampled(2, max_tokens=10**6))[0]
+        deadline = time.monotonic() + 60
+        while not chosen and time.monotonic() < deadline and len(thread_candidates()) > 1:
+            time.sleep(0.05)
+        timed.cancel(stream)
+    finally:
+        timed.close()
+    if len(thread_candidates()) > 1:  # one core: nothing to choose between
+        assert set(chosen[0]) == set(thread_candidates()) and min(chosen[0].values()) > 0
+    assert timed.error is None

@@ -612,3 +612,30 @@ def greedy_from(ckpt: Path, prompt: str, n_chars: int) -> str:
     from charlstm.generation.batching import BatchScheduler, SamplingParams
 
     return BatchScheduler(ckpt).generate(prompt, SamplingParams(n_chars, temperature=0))[0]
+
+
+def test_the_server_logs_each_thread_choice_once():
+    import logging
+
+    from charlstm.serving.server import _threads_chosen
+
+    class Tuner:
+        def __init__(self, threads):
+            self.threads = threads
+
+        def describe(self):
+            return f"{self.threads} threads"
+
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("charlstm.serve.threads")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        note = _threads_chosen()
+        for t in (2, 2, 1, 1, 2):
+            note(Tuner(t))
+    finally:
+        logger.removeHandler(handler)
+    assert lines == ["threads: 2 threads", "threads: 1 threads", "threads: 2 threads"]

@@ -53,7 +53,7 @@ def serve(
         SampleDtype, typer.Option(help="Weight precision for generation (bf16 reads half).")
     ] = SampleDtype.fp32,
     threads: Annotated[
-        int, typer.Option(help="CPU threads for the model (0: PyTorch's default).")
+        int, typer.Option(help="CPU threads for the model (0: chosen by timing the batch).")
     ] = 0,
     grace_s: Annotated[
         float,
@@ -112,4 +112,5 @@ def _log_to_stderr(quiet: bool) -> None:
     logger.handlers[:] = [handler]
     logger.setLevel(logging.INFO)
     logger.propagate = False
-    logging.getLogger("charlstm.serve.access").setLevel(logging.WARNING if quiet else logging.INFO)
+    for name in ("charlstm.serve.access", "charlstm.serve.threads"):
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)

@@ -78,6 +78,7 @@ class BatchScheduler:
         dtype: str = "fp32",
         max_streams: int = 64,
         listener: Callable[[list[StreamEvent]], None] | None = None,
+        threads: int | None = None,
     ) -> None:
         from charlstm.model.checkpoint import Checkpoint, load_checkpoint
         from charlstm.runtime import resolve_device
@@ -99,6 +100,10 @@ class BatchScheduler:
         self.max_streams = max_streams
         self.listener = listener
         self.on_error: Callable[[Stream | None, Exception], None] | None = None
+        # the worker's CPU threads: None as torch has them, N, or 0 chosen by timing the
+        # steps (`runtime.ThreadTuner`); `on_threads(tuner)` hears each choice
+        self.threads = threads
+        self.on_threads: Callable[[object], None] | None = None
         self.error: Exception | None = None  # the last failure (a row's or a round's)
         self._admission = Admission(max_streams)
         self.batch = Batch(self.model, self.vocab, self._admission, DTYPES[dtype], self._report)
@@ -206,11 +211,29 @@ class BatchScheduler:
             self._thread.start()
 
     def _work(self) -> None:
+        tuner = self._thread_tuner()
         while self._admission.wait_for_work(lambda: bool(self.batch.rows)):
+            rows = len(self.batch.rows)
+            if tuner is not None:
+                tuner.skip()  # the wait was not work
             try:
                 self.step()
             except Exception as e:  # a bug outside any one row: end every stream, go on
                 self._fail_all(e)
+            if tuner is not None and rows:
+                tuner.tick(rows)  # the characters of this round
+
+    def _thread_tuner(self):
+        """On the worker thread (torch's thread count is per thread): apply `threads`, or with
+        0 on a CPU return the tuner that times the worker's rounds."""
+        from charlstm.runtime import ThreadTuner, apply_threads
+
+        if self.threads is None or self.device.type != "cpu":
+            return None
+        if self.threads:
+            apply_threads(self.threads)
+            return None
+        return ThreadTuner(on_choice=self.on_threads)
 
     def close(self) -> None:
         """Stop the worker thread (running streams stay as they are)."""

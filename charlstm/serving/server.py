@@ -58,6 +58,7 @@ __all__ = ["APIError", "ServeLimits", "create_app", "serve", "serve_available", 
 API_KEY_ENV = "CHARLSTM_API_KEY"
 GRACE_S = 3.0  # how long running requests may finish after SIGTERM / SIGINT
 access_log = logging.getLogger("charlstm.serve.access")
+threads_log = logging.getLogger("charlstm.serve.threads")  # --quiet hides it too
 log = logging.getLogger("charlstm.serve")
 
 
@@ -385,7 +386,7 @@ def check_config(
             )
     from charlstm.runtime import check_threads
 
-    check_threads(threads)  # 0 (torch's count) to 4 per core
+    check_threads(threads)  # 0 (chosen by timing) to 4 per core
     if not (isinstance(grace_s, (int, float)) and 0 <= grace_s <= 600):
         raise OptionError(f"--grace-s must be from 0 to 600, got {grace_s}")
     if api_key is None and not is_loopback(host):
@@ -422,7 +423,8 @@ def serve(
 ) -> None:
     """Serve `checkpoint` until SIGINT or SIGTERM; then stop taking connections, give running
     requests `grace_s` seconds, end the rest gracefully (see `ServingCore.shutdown`), and
-    return. `threads`: torch's CPU threads (0: as is). `unknown`: characters the vocabulary
+    return. `threads`: the model's CPU threads (0: chosen by timing the batch's rounds, and
+    timed again every 30 s or when they slow down). `unknown`: characters the vocabulary
     lacks are refused ("error"), skipped or replaced; `chat_template`: a JSON file (`chat.py`)
     instead of the default chat template. `on_ready(facts)` is called once the
     socket listens (facts: url, model, host, port, api_key_required, warnings)."""
@@ -439,7 +441,8 @@ def serve(
         torch.set_num_threads(threads)
     template = None if chat_template is None else ChatTemplate.load(chat_template)
     scheduler = BatchScheduler(checkpoint, device=device, dtype=dtype,
-                               max_streams=limits.max_streams)  # fmt: skip
+                               max_streams=limits.max_streams, threads=threads)  # fmt: skip
+    scheduler.on_threads = _threads_chosen()
     name = run_name(scheduler.checkpoint_path)
     app = create_app(scheduler, model_name=name, api_key=api_key, limits=limits,
                      unknown=unknown, chat_template=template)  # fmt: skip
@@ -454,6 +457,18 @@ def serve(
     finally:
         sock.close()
         scheduler.close()
+
+
+def _threads_chosen():
+    """A log line for the worker's first thread choice and for each change of it."""
+    said: list[int] = []
+
+    def note(tuner) -> None:
+        if said[-1:] != [tuner.threads]:
+            said.append(tuner.threads)
+            threads_log.info("threads: %s", tuner.describe())
+
+    return note
 
 
 def _run(app, sock: socket.socket, grace_s: float) -> None:
