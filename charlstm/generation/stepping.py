@@ -107,8 +107,11 @@ class Batch:
         """Run the group's shared prompt through the model (scoring it, if asked); its live
         streams join the batch (those with max_tokens 0 finish here)."""
         live = [s for s in group if not s.done]
-        if any(s.params.max_tokens or s.params.prompt_logprobs is not None for s in live):
-            logits, state = self._run_prompt(live)
+        if not any(s.params.max_tokens or s.params.prompt_logprobs is not None for s in live):
+            for s in live:  # nothing to generate or score: no pass
+                self._end(s, "length", events)
+            return
+        logits, state = self._run_prompt(live)
         for s in live:
             if s.params.max_tokens == 0:
                 self._end(s, "length", events)
@@ -118,8 +121,9 @@ class Batch:
         p, n = live[0].params, len(live)
         # bounded here, before any array sees them: a top_k beyond the vocabulary means "off"
         options = (float(p.temperature), min(int(p.top_k), self.vocab_size), float(p.top_p))
-        self.step.join(tuple(x.expand(-1, n, -1) for x in state))
-        self.logits = torch.cat([self.logits, logits[-1].float().expand(n, -1)])
+        joined = torch.cat([self.logits, logits[-1].float().expand(n, -1)])
+        self.step.join(tuple(x.expand(-1, n, -1) for x in state))  # last: nothing after it fails
+        self.logits = joined
         self.rows = self.rows + live
         self.options = self.options + [options] * n
         self._params = None
