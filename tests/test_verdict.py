@@ -1,7 +1,8 @@
 """A run that cannot be a useful model says so, one line per measured cause with its fix: too
-few steps, too little text for the model, a machine far below its measured speed, a score no
-better than guessing; a healthy run says nothing of the kind. After training, the CLI names
-the model, what its score means, and the next commands with the run's real path."""
+few steps, too little text for the model, a machine far below its measured speed, a model
+that overfit, a score no better than guessing; a healthy run says nothing of the kind. After
+training, the CLI names the model, what its score means, and the next commands with the
+run's real path."""
 
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ from charlstm.training.trainer import train
 from charlstm.training.verdict import (
     MIN_SEEN_PER_PARAM,
     MIN_TEXT_PER_PARAM,
+    OVERFIT_RISE,
     SLOW_SHARE,
+    Baselines,
+    RunFacts,
     baselines,
+    diagnose,
 )
 
 TINY = dict(**TINY_KWARGS, lr=1e-2, dropout=0.0, eval_batch_size=4, log_every=5, device="cpu")
@@ -114,6 +119,48 @@ def test_no_better_than_guessing_from_frequencies(data, tmp_path):
     (line,) = messages(result)
     assert line.startswith("the model is no better than guessing each character from its")
     assert f"val loss {result.best_val_loss:.3f} nats/char" in line
+
+
+def sixty_minutes(history, budget_min=60.0) -> RunFacts:
+    """The 60-minute auto run on tiny shakespeare, with its validations as `history`."""
+    return RunFacts(
+        steps=5624, chars_seen=5624 * 4096, params=7_541_697, train_chars=1_003_854,
+        train_chars_per_s=6_422.0, reference_chars_per_s=None, reference="",
+        best_val_nats=min(v for _, v in history), baselines=Baselines(4.174, 3.347),
+        budget_min=budget_min, minutes_so_far=59.8, val_history=tuple(history),
+    )  # fmt: skip
+
+
+def test_a_run_whose_val_loss_rose_after_its_best_overfit():
+    """Measured: `train --time-budget 60` chose 2x768 for 24 epochs, was best at step 3,387 of
+    5,624 and ended 0.013 above it; the warning names both, and the budget that reaches it."""
+    history = [(1135, 1.4580), (2254, 1.4233), (3387, 1.4019), (4531, 1.4086), (5624, 1.4153)]
+    (line,) = [str(w) for w in diagnose(sixty_minutes(history))]
+    assert line.startswith("the model overfit: val loss was best at step 3,387 (1.4019")
+    assert "rose to 1.4153 by step 5,624" in line and "the last 40% of the steps" in line
+    assert line.endswith("a --time-budget of about 37 min reaches the same")
+    # still falling, or up by less than the noise between seeds: nothing to say
+    assert not diagnose(sixty_minutes(history[:3]))
+    small = history[:3] + [(4531, 1.4019 + OVERFIT_RISE / 2), (5624, 1.4019 + OVERFIT_RISE / 2)]
+    assert not diagnose(sixty_minutes(small))
+    dip = history[:3] + [(4531, 1.4200), (5624, 1.4100)]  # falling again at the end
+    assert not diagnose(sixty_minutes(dip))
+
+
+def test_a_tiny_model_trained_far_past_its_text_is_told_it_overfit(tmp_path):
+    """A real run on a text that ends in random letters (its val split): nothing there can be
+    learnt, so every step after the model knows the letters' frequencies memorises the train
+    split, and the val loss rises (best at step 300 of 600, then 2.4055 from 2.3553)."""
+    import random
+
+    rng = random.Random(0)
+    noise = "".join(rng.choice("abcdefghij") for _ in range(1500))
+    (tmp_path / "corpus.txt").write_text(word_text(3000)[:1500] + noise, encoding="utf-8")
+    data = tokenize(tmp_path / "corpus.txt", tmp_path / "tok").out
+    result = train(data, tmp_path / "run", steps=600, eval_every=60, **TINY)
+    overfit = [m for m in messages(result) if m.startswith("the model overfit")]
+    assert overfit, messages(result)
+    assert "--dropout" in overfit[0] and "so best.pt holds step" in overfit[0]
 
 
 # -- the CLI ---------------------------------------------------------------------------------

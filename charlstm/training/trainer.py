@@ -172,6 +172,7 @@ def judge(result: TrainResult, trainer: Trainer, choice) -> None:
         tiny_params=autopreset.parameter_count(
             tiny["num_layers"], tiny["hidden_size"], tiny["embed_size"], vocab_size, tied=False
         ),
+        val_history=tuple(trainer.val_history),
     )
     result.warnings = diagnose(facts)
 
@@ -229,6 +230,7 @@ class Trainer:
         self.run, self.reporter = run, reporter
         self.began = began
         self.threads = threads  # a runtime.ThreadTuner (auto threads on a CPU), or None
+        self.val_history: list[tuple[int, float]] = []  # (step, val loss) of this session
         if threads is not None:
             threads.on_choice = self._threads_chosen
         self.cfg, self.state, self.dist, self.device = run.cfg, run.state, run.dist, run.device
@@ -480,6 +482,7 @@ class Trainer:
         improved = st.best_val is None or val < st.best_val
         st.last_val = val
         st.best_val = val if improved else st.best_val
+        self.val_history.append((st.step, val))
         # what the model writes now, for the logs (rank 0 only; inside the time budget)
         sample = self.validator.sample(st, self.run.dataset.vocab) if self.dist.is_main else None
         self.writer.record(

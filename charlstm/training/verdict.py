@@ -2,7 +2,8 @@
 text (`Baselines`: a uniform guess, and each character's frequency in the train split), and,
 when the run could not reach a useful model, one `RunWarning` per measured cause with its fix:
 too few steps for the model, too little text for the model, a machine running far below the
-speed measured at the start, or a score no better than guessing from frequencies.
+speed measured at the start, a model that overfit (its val loss rose after its best), or a
+score no better than guessing from frequencies.
 
 The thresholds are generous on purpose: a warning must mean the run really is poor."""
 
@@ -24,6 +25,10 @@ MIN_TEXT_PER_PARAM = 0.05
 #: a session that trained at less than this share of the rate measured at its start ran on a
 #: machine busy with other work (measured: a busy core costs 2-8x, issue 36)
 SLOW_SHARE = 0.5
+#: nats/char by which the last validation, rising over the one before, must sit above the best
+#: for a run to have overfit (seeds differ by 0.011-0.018, so less is noise): the 60-minute
+#: auto run on tiny shakespeare was best at step 3,387 (1.4019), then 1.4086, then 1.4153
+OVERFIT_RISE = 0.01
 #: the smallest preset, the fix for a model too big for its text or its budget
 SMALL_FIX = "--preset tiny (1 x LSTM(128), about 0.1 M parameters)"
 
@@ -78,6 +83,7 @@ class RunFacts:
     budget_min: float | None
     minutes_so_far: float
     tiny_params: int = 0  # what `--preset tiny` has on this vocabulary: a fix only if smaller
+    val_history: tuple[tuple[int, float], ...] = ()  # (step, val loss) of this session
 
 
 def diagnose(f: RunFacts) -> list[RunWarning]:
@@ -106,6 +112,9 @@ def diagnose(f: RunFacts) -> list[RunWarning]:
                 "close them, or train when the machine is idle",
             )
         )
+    overfit = _overfit(f)
+    if overfit is not None:
+        warnings.append(overfit)
     best, guess = f.best_val_nats, f.baselines.unigram_nats
     if best is not None and best >= guess and not warnings:
         warnings.append(
@@ -116,6 +125,29 @@ def diagnose(f: RunFacts) -> list[RunWarning]:
             )
         )
     return warnings
+
+
+def _overfit(f: RunFacts) -> RunWarning | None:
+    """The val loss rose over the last two validations, and ended OVERFIT_RISE above the best:
+    the steps after the best one taught the model its train text, not the language."""
+    history = f.val_history
+    if len(history) < 3:
+        return None
+    best_step, best = min(history, key=lambda h: h[1])
+    (_, before), (last_step, last) = history[-2:]
+    if not (last - best >= OVERFIT_RISE and last >= before > best):
+        return None
+    share = best_step / max(1, f.steps)
+    message = (
+        f"the model overfit: val loss was best at step {best_step:,} ({best:.4f} nats/char) "
+        f"and rose to {last:.4f} by step {last_step:,}, so best.pt holds step {best_step:,}'s "
+        f"weights and the last {1 - share:.0%} of the steps taught it nothing that generalises"
+    )
+    fix = "more regularisation (a higher --dropout or --weight-decay) or a smaller model"
+    if f.budget_min is not None:
+        minutes = math.ceil(share * f.budget_min)
+        fix += f"; a --time-budget of about {minutes:g} min reaches the same"
+    return RunWarning(message, fix)
 
 
 def _too_few_steps(f: RunFacts) -> RunWarning:
