@@ -416,7 +416,9 @@ train(out=work / "b", resume=True)           # one step, stopped, resumed, the n
 a, b = (read_checkpoint(work / n / "last.pt") for n in "ab")
 diff = max((x - b["model"][k]).abs().max().item() for k, x in a["model"].items())
 same = all(torch.equal(x, b["model"][k]) for k, x in a["model"].items())
-state = all(torch.equal(x, y) for x, y in zip(a["run"]["hidden"], b["run"]["hidden"]))
+ha, hb = a["run"]["hidden"], b["run"]["hidden"]  # None when the run ends on an epoch's end
+state = (ha is None and hb is None) or (ha is not None and hb is not None
+                                         and all(torch.equal(x, y) for x, y in zip(ha, hb)))
 print(json.dumps({"from_step": step, "to_step": b["run"]["step"], "bitwise": same,
                   "state_bitwise": state, "max_abs_diff": diff}))
 """
