@@ -9,22 +9,19 @@ import json
 from pathlib import Path
 
 import pytest
-from tiny import TINY_KWARGS, word_text
+from tiny import TINY_TRAINING, tokenized_words
 
 import charlstm.training.clock
-from charlstm.data.prepare import tokenize
 from charlstm.training.budget import BUDGET_VALIDATIONS, RESERVE_MARGIN, BudgetPlan
 from charlstm.training.trainer import Trainer, train
 from charlstm.training.validation import Validator
 
-TINY = dict(**TINY_KWARGS, lr=1e-2, dropout=0.0, eval_batch_size=4, log_every=5, device="cpu")
+TINY = TINY_TRAINING
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "corpus.txt").write_text(word_text(3000), encoding="utf-8")
-    return tokenize(folder / "corpus.txt", folder / "tok").out
+    return tokenized_words(tmp_path_factory.mktemp("data"))
 
 
 class FakeClock:

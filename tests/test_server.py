@@ -512,9 +512,21 @@ def test_serve_subprocess_answers_and_stops_gracefully(ckpt):
         assert proc.wait(30) == 0
         assert "stopped" in rest and "Traceback" not in rest
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)
+
+
+def exit_log(proc) -> str:
+    """The rest of a stopped server's log, once it has exited 0 on its own."""
+    log = proc.stderr.read()
+    assert proc.wait(30) == 0
+    return log
+
+
+def kill(proc) -> None:
+    """End a server a failed test left running."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def start_serve(ckpt: Path, *args: str, env: dict | None = None):
@@ -571,12 +583,9 @@ def test_shutdown_ends_every_request_gracefully(ckpt, sig):
         assert reasons == ["length"] and done and len(text) > 0
         assert waiting["p"].status_code == 503
         assert waiting["p"].json()["error"]["code"] == "server_shutting_down"
-        log = proc.stderr.read()
-        assert proc.wait(30) == 0
+        log = exit_log(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)
     assert "Traceback" not in log and "Error" not in log.replace("error", ""), log
     lines = log.strip().splitlines()
     assert lines[-1] == "stopped"
@@ -597,12 +606,9 @@ def test_quiet_and_the_warning_for_an_open_address(ckpt):
     try:
         assert post(url, {"model": "myrun", "prompt": "t", "max_tokens": 3}).status_code == 200
         proc.send_signal(signal.SIGTERM)
-        log = proc.stderr.read()
-        assert proc.wait(30) == 0
+        log = exit_log(proc)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill(proc)
     warning = ("warning: serving on 0.0.0.0 without an API key: anyone who can reach it may use "
                "it (pass --api-key or set CHARLSTM_API_KEY)")  # fmt: skip
     assert log.strip().splitlines() == [warning, "stopped"]

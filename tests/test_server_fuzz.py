@@ -76,9 +76,9 @@ def _encode(value) -> bytes:
 
 
 prompts = st.text(alphabet=CHARS, max_size=20)
-COMPLETION_FIELDS = {
+#: the sampling fields that completions and chat share
+SAMPLING_FIELDS = {
     "model": st.just("myrun"),
-    "prompt": prompts | st.lists(prompts, min_size=1, max_size=3),
     "max_tokens": st.integers(0, 60) | edge_ints,
     "temperature": st.floats(0, 3) | edge_floats,
     "top_p": st.floats(0, 1) | edge_floats,
@@ -87,8 +87,12 @@ COMPLETION_FIELDS = {
     "n": st.integers(1, 3) | edge_ints,
     "stop": st.text(alphabet=CHARS, min_size=1, max_size=3),
     "stream": st.booleans(),
-    "echo": st.booleans(),
     "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
+}
+COMPLETION_FIELDS = {
+    **SAMPLING_FIELDS,
+    "prompt": prompts | st.lists(prompts, min_size=1, max_size=3),
+    "echo": st.booleans(),
     "user": st.text(max_size=10),
     "logprobs": st.integers(0, 5) | edge_ints,
     "best_of": st.just(1),
@@ -201,18 +205,9 @@ messages = st.lists(
     max_size=3,
 )
 CHAT_FUZZ_FIELDS = {
-    "model": st.just("myrun"),
+    **SAMPLING_FIELDS,
     "messages": messages,
-    "max_tokens": st.integers(0, 60) | edge_ints,
     "max_completion_tokens": st.integers(0, 60) | edge_ints,
-    "temperature": st.floats(0, 3) | edge_floats,
-    "top_p": st.floats(0, 1) | edge_floats,
-    "top_k": st.integers(0, 100) | edge_ints,
-    "seed": st.integers(0, 2**63 - 1) | edge_ints,
-    "n": st.integers(1, 3) | edge_ints,
-    "stop": st.text(alphabet=CHARS, min_size=1, max_size=3),
-    "stream": st.booleans(),
-    "stream_options": st.fixed_dictionaries({"include_usage": st.booleans()}),
     "tools": st.just([]),
     "response_format": st.just({"type": "text"}),
 }

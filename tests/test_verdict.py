@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_budget import FakeClock
-from tiny import TINY_KWARGS, tiny_args, word_text
+from tiny import TINY_TRAINING, tiny_args, tokenized_words, word_text
 
 from charlstm.data.prepare import tokenize
 from charlstm.training.trainer import train
@@ -27,15 +27,13 @@ from charlstm.training.verdict import (
     diagnose,
 )
 
-TINY = dict(**TINY_KWARGS, lr=1e-2, dropout=0.0, eval_batch_size=4, log_every=5, device="cpu")
+TINY = TINY_TRAINING
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """~3,000 characters of random words: 2,700 to train on."""
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "corpus.txt").write_text(word_text(3000), encoding="utf-8")
-    return tokenize(folder / "corpus.txt", folder / "tok").out
+    return tokenized_words(tmp_path_factory.mktemp("data"))
 
 
 def messages(result) -> list[str]:

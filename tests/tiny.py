@@ -129,3 +129,17 @@ def served_run(root, run: str, chars: str, *, seed: int):
     path.parent.mkdir()
     vocab = Vocab("char", "".join(sorted(set(chars))))
     return random_checkpoint(path, vocab, hidden_size=32, num_layers=2, seed=seed, scale=2.0)
+
+
+#: a tiny model that learns fast, for runs whose steps a test counts (train's keyword arguments)
+TINY_TRAINING = dict(
+    **TINY_KWARGS, lr=1e-2, dropout=0.0, eval_batch_size=4, log_every=5, device="cpu"
+)
+
+
+def tokenized_words(folder, n_chars: int = 3000):
+    """`n_chars` of random words tokenized in `folder` (90 % to train on): the tokenized folder."""
+    from charlstm.data.prepare import tokenize
+
+    (folder / "corpus.txt").write_text(word_text(n_chars), encoding="utf-8")
+    return tokenize(folder / "corpus.txt", folder / "tok").out
