@@ -1,6 +1,6 @@
 """Speed beside busy programs: the default thread choice against --threads 1 and --threads <cores>.
 
-    python bench/contention.py                 # idle, 1 busy, <cores> busy; ~5 min on 2 cores
+    python bench/contention.py                 # idle, 1 busy, <cores> busy; ~6 min on 2 cores
     python bench/contention.py --busy 1 --rounds 2
 
 For each condition the script starts its own busy processes (pure-Python spinners, one core
@@ -113,7 +113,9 @@ def main() -> None:
                     f"{cores}); may repeat")  # fmt: skip
     ap.add_argument("--steps", type=int, default=20, help="training steps per figure")
     ap.add_argument("--eval-chars", type=int, default=60_000)
-    ap.add_argument("--dynamic-chars", type=int, default=8_000)
+    ap.add_argument("--dynamic-chars", type=int, default=16_000,
+                    help="characters of eval --dynamic (at 8,000, ~13 s a figure, the busy-2 "
+                    "cell moved by 15%% between rounds)")  # fmt: skip
     ap.add_argument("--rounds", type=int, default=1, help="turns per condition (median kept)")
     ap.add_argument("--only", choices=("train", "eval", "dynamic"), action="append")
     ap.add_argument("--policy", action="store_true", help="also ACTIVE vs PASSIVE OpenMP waiting")

@@ -271,14 +271,30 @@ def thread_candidates() -> tuple[int, ...]:
 #: 1-thread one in a minute where 2 threads ran 1.6x faster. Where one thread truly wins it
 #: wins by far more (1.5-3x with spinning threads, issue 36).
 FEWER_THREADS_GAIN = 1.10
+#: ...but a trial whose counts came within FEWER_THREADS_GAIN of each other runs a second
+#: turn, and on twice the timing a smaller margin suffices: beside one busy process, eval
+#: --dynamic measured 2: 820 / 1: 876 chars/s (1.07x), kept 2 threads and ran 0.92x of
+#: --threads 1 (bench/contention.py)
+CLOSE_THREADS_GAIN = 1.03
 
 
-def choose_threads(rates: dict[int, float]) -> int:
+def choose_threads(rates: dict[int, float], gain: float = FEWER_THREADS_GAIN) -> int:
     """The thread count to run with from measured rates ({threads: units per second}): the
-    most threads, unless fewer are FEWER_THREADS_GAIN faster (then the fastest of those)."""
+    most threads, unless fewer are `gain` x faster (then the fastest of those)."""
     most = max(rates)
-    faster = {t: r for t, r in rates.items() if r >= FEWER_THREADS_GAIN * rates[most]}
+    faster = {t: r for t, r in rates.items() if r >= gain * rates[most]}
     return max(faster, key=faster.get) if faster else most
+
+
+def threads_too_close(rates: dict[int, float]) -> bool:
+    """Whether the measured counts came too close to call on one turn: fewer threads within
+    FEWER_THREADS_GAIN of the most, either way."""
+    most = max(rates)
+    return any(
+        rates[most] / FEWER_THREADS_GAIN <= r < FEWER_THREADS_GAIN * rates[most]
+        for t, r in rates.items()
+        if t != most
+    )
 
 
 class ThreadTuner:
@@ -292,8 +308,10 @@ class ThreadTuner:
     window); the first piece (allocations, weight packing), and the first after each
     `recheck()`, is not timed. A trial runs each
     candidate twice, A B B A, each time for at least `trial_ticks` pieces and `trial_s`
-    seconds, then the faster is kept (`choose_threads`). A new trial starts when the observed
-    rate falls below `recheck_below` x the one measured for the choice, every
+    seconds, then the faster is kept (`choose_threads`); when the counts came within
+    FEWER_THREADS_GAIN of each other, a second A B B A turn is timed first, and the sum of
+    both turns decides with the smaller CLOSE_THREADS_GAIN margin. A new trial starts when
+    the observed rate falls below `recheck_below` x the one measured for the choice, every
     `recheck_every_s` (a load that went away), or when `recheck()` is called (training: at
     each validation).
     `skip()` says that the time since the last tick was spent on something else;
@@ -331,6 +349,7 @@ class ThreadTuner:
         self._units = self._seconds = 0.0
         self._ticks = 0
         self._trial_work: dict[int, list[float]] = {}  # threads: [units, seconds] in this trial
+        self._second_turn = False  # this trial's counts came close: it is timed twice
         if self._queue:
             self._begin(self._queue[0])
 
@@ -399,9 +418,16 @@ class ThreadTuner:
         self._ticks = 0
 
     def _settle(self, now: float) -> None:
-        work, self._trial_work = self._trial_work, {}
-        self.rates = {t: u / max(s, 1e-9) for t, (u, s) in work.items()}
-        self.threads = choose_threads(self.rates)
+        rates = {t: u / max(s, 1e-9) for t, (u, s) in self._trial_work.items()}
+        if not self._second_turn and threads_too_close(rates):
+            self._second_turn = True  # the work timed so far counts in the sum
+            self._queue = self._order()
+            self._begin(self._queue[0])
+            return
+        gain = CLOSE_THREADS_GAIN if self._second_turn else FEWER_THREADS_GAIN
+        self._trial_work, self._second_turn = {}, False
+        self.rates = rates
+        self.threads = choose_threads(self.rates, gain)
         self.apply(self.threads)
         self.trials += 1
         self._trial_end = now

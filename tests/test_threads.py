@@ -9,7 +9,15 @@ import torch
 
 from charlstm.config import MAX_THREADS_PER_CORE, TrainConfig, available_cores
 from charlstm.errors import OptionError
-from charlstm.runtime import ThreadTuner, check_threads, choose_threads, cpu_threads, work_done
+from charlstm.runtime import (
+    CLOSE_THREADS_GAIN,
+    ThreadTuner,
+    check_threads,
+    choose_threads,
+    cpu_threads,
+    threads_too_close,
+    work_done,
+)
 from tests.tiny import TINY_KWARGS, tiny_args, word_text
 
 
@@ -43,6 +51,11 @@ def test_the_faster_count_is_kept_and_fewer_threads_must_win_clearly():
     assert choose_threads({2: 10_000.0, 1: 10_500.0}) == 2  # < 1.1x: a noisy trial's margin
     assert choose_threads({8: 1_000.0, 4: 1_500.0, 1: 1_200.0}) == 4
     assert choose_threads({4: 1.0}) == 4
+    assert choose_threads({2: 820.0, 1: 876.0}, gain=CLOSE_THREADS_GAIN) == 1  # a second turn
+    assert choose_threads({2: 1_000.0, 1: 1_020.0}, gain=CLOSE_THREADS_GAIN) == 2
+    assert threads_too_close({2: 820.0, 1: 876.0}) and threads_too_close({2: 1_050.0, 1: 1_000.0})
+    assert not threads_too_close({2: 10_000.0, 1: 6_000.0})
+    assert not threads_too_close({2: 3_600.0, 1: 5_400.0})
 
 
 def test_the_trial_times_each_count_on_the_work_and_keeps_the_faster():
@@ -54,7 +67,33 @@ def test_the_trial_times_each_count_on_the_work_and_keeps_the_faster():
     assert tuner.trials == 1 and chosen == [2]
     assert tuner.rates == pytest.approx({2: 10_000.0, 1: 6_000.0})
     assert machine.threads == 2
+    assert machine.switches == [2, 2, 1, 1, 2, 2]  # set up, then A B B A and back: one turn
     assert tuner.describe() == "2 threads (2: 10,000, 1: 6,000 chars/s)"
+
+
+def test_counts_too_close_to_call_are_timed_a_second_turn():
+    """Measured beside one busy process (eval --dynamic): 2: 820 / 1: 876 chars/s. One thread
+    is 1.07x faster, inside the 1.1x margin a single turn needs, and 2 threads were kept at
+    0.92x of --threads 1. A second turn is timed and the sum decides with a smaller margin."""
+    machine = FakeMachine({2: 820.0, 1: 876.0})
+    tuner = tuner_on(machine)
+    machine.work(tuner, 40, units=100.0)
+    assert tuner.trials == 1 and tuner.threads == 1 and machine.threads == 1
+    assert machine.switches[:10] == [2, 2, 1, 1, 2, 2, 1, 1, 2, 1]  # A B B A, A B B A, chosen
+    assert tuner.rates == pytest.approx({2: 820.0, 1: 876.0})
+
+
+def test_a_noisy_first_turn_is_outweighed_by_the_second():
+    """A 2-thread turn slowed by a passing burst looks no faster than 1 thread; the second
+    turn times the counts as they are, and 2 threads are kept."""
+    machine = FakeMachine({2: 9_500.0, 1: 10_000.0})
+    tuner = tuner_on(machine)
+    while len(machine.switches) < 6:  # the first turn's 4 pieces of timing, until the second
+        machine.work(tuner, 1)
+    machine.rates = {2: 16_000.0, 1: 10_000.0}
+    machine.work(tuner, 40)
+    assert tuner.trials == 1 and tuner.threads == 2 and machine.threads == 2
+    assert 9_500.0 < tuner.rates[2] < 16_000.0 and tuner.rates[1] == pytest.approx(10_000.0)
 
 
 def test_a_busy_core_is_noticed_and_one_thread_taken():
