@@ -305,8 +305,8 @@ class ThreadTuner:
     out holds every other one up, and N threads can run several times slower than 1. Which is
     faster depends on what else runs right now, so it is measured, on the work itself: the
     caller calls `tick(units)` after each piece of work (a training step, an evaluation
-    window); the first piece (allocations, weight packing), and the first after each
-    `recheck()`, is not timed. A trial runs each
+    window); the first piece (allocations, weight packing), the first after each `recheck()`
+    and the first after each switch of count are not timed. A trial runs each
     candidate twice, A B B A, each time for at least `trial_ticks` pieces and `trial_s`
     seconds, then the faster is kept (`choose_threads`); when the counts came within
     FEWER_THREADS_GAIN of each other, a second A B B A turn is timed first, and the sum of
@@ -342,7 +342,7 @@ class ThreadTuner:
         self.trials = 0  # how many trials have run (the first included)
         first = start if start in self.candidates else self.candidates[0]
         self.threads = choose_threads(self.rates) if self.rates else first
-        self.apply(self.threads)
+        self._set(self.threads)
         self._last = self._trial_end = clock()
         self._queue: list[int] = [] if self.rates or len(self.candidates) < 2 else self._order()
         self._warm = bool(self.rates)  # the first piece (allocations, packing) is not timed
@@ -413,9 +413,17 @@ class ThreadTuner:
         return first + first[::-1]
 
     def _begin(self, threads: int) -> None:
-        self.apply(threads)
+        if threads != self._applied:
+            # the first piece after a switch wakes a thread that slept at a barrier, which on a
+            # busy machine first waits for a core: it would be charged to the new count alone
+            self._warm = False
+        self._set(threads)
         self._units = self._seconds = 0.0
         self._ticks = 0
+
+    def _set(self, threads: int) -> None:
+        self.apply(threads)
+        self._applied = threads
 
     def _settle(self, now: float) -> None:
         rates = {t: u / max(s, 1e-9) for t, (u, s) in self._trial_work.items()}
@@ -428,7 +436,7 @@ class ThreadTuner:
         self._trial_work, self._second_turn = {}, False
         self.rates = rates
         self.threads = choose_threads(self.rates, gain)
-        self.apply(self.threads)
+        self._set(self.threads)
         self.trials += 1
         self._trial_end = now
         if self.on_choice is not None:
