@@ -219,3 +219,20 @@ def test_bf16_training_learns_is_deterministic_and_its_checkpoint_is_an_fp32_one
     assert ckpt.model.lstm_kernel == "fp32"
     assert {"lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.bias_ih_l0"} <= set(one)
     assert evaluate(ckpt, data=data).loss < losses[0]
+
+
+def test_without_a_onednn_bf16_linear_the_step_product_is_torch_mm(monkeypatch):
+    """A CPU without oneDNN's bf16 linear (an AVX2-only EPYC: its weight reorder raises) takes
+    torch.mm for the recurrent product, with the same numbers as the packed path."""
+    torch.manual_seed(0)
+    weight, x = torch.randn(64, 32).bfloat16(), torch.randn(4, 32).bfloat16()
+    fast = lstm_bf16.onednn_bf16_linear()
+    monkeypatch.setattr(lstm_bf16, "onednn_bf16_linear", lambda: False)
+    linear, packed = lstm_bf16._packed_linear(weight, 4)
+    assert packed is weight
+    plain = linear(x, packed)
+    torch.testing.assert_close(plain, x @ weight.t())
+    if fast:  # and the oneDNN path, where this CPU has it, agrees within bf16 rounding
+        monkeypatch.undo()
+        linear, packed = lstm_bf16._packed_linear(weight, 4)
+        torch.testing.assert_close(linear(x, packed).float(), plain.float(), rtol=2e-2, atol=2e-2)

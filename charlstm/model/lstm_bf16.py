@@ -132,11 +132,24 @@ class BF16LSTMWindow(torch.autograd.Function):
 CHUNK = 16
 
 
+def onednn_bf16_linear() -> bool:
+    """Whether oneDNN has a bf16 linear on this CPU (avx512bw/vl/dq or avx_ne_convert): on
+    one without (an AVX2-only AMD EPYC, say) its weight reorder raises."""
+    mkldnn = torch.ops.mkldnn
+    supported = getattr(mkldnn, "_is_mkldnn_bf16_supported", None)
+    return (
+        torch.backends.mkldnn.is_available()
+        and hasattr(mkldnn, "_reorder_linear_weight")
+        and (supported is None or bool(supported()))
+    )
+
+
 def _packed_linear(weight: torch.Tensor, batch: int):
     """x -> x @ weight.T for a bf16 weight used at every step: oneDNN's linear on the weight
-    reordered once into its blocked layout (plain torch.mm where oneDNN is missing)."""
-    mkldnn = torch.ops.mkldnn
-    if torch.backends.mkldnn.is_available() and hasattr(mkldnn, "_reorder_linear_weight"):
+    reordered once into its blocked layout; plain torch.mm (the same product, more slowly)
+    where oneDNN has no bf16 linear on this CPU."""
+    if onednn_bf16_linear():
+        mkldnn = torch.ops.mkldnn
         packed = mkldnn._reorder_linear_weight(weight, batch)
         return (lambda x, w: mkldnn._linear_pointwise(x, w, None, "none", [], "")), packed
     return (lambda x, w: torch.mm(x, w.t())), weight
