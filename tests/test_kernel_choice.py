@@ -148,3 +148,17 @@ def test_the_header_shows_the_choice_and_its_figures(bf16_cpu, isolated_env, tmp
     expected = "bf16 LSTM matmuls" if faster == "bf16" else "fp32"
     figures = "fp32 3,000 vs bf16 6,000" if faster == "bf16" else "fp32 6,000 vs bf16 3,000"
     assert reporter.info.precision == f"{expected} (auto, cached: {figures} chars/s)"
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_precision_bf16_on_a_cpu_without_bf16_units_says_it_is_emulated(monkeypatch, units):
+    """--precision bf16 is honoured everywhere (the kernel runs, emulated, where oneDNN has no
+    bf16 path), and the run's header says when the CPU cannot run it fast."""
+    monkeypatch.setattr(kernel_module, "has_bf16_units", lambda: units)
+    cfg = TrainConfig(precision="bf16", hidden_size=512)
+    choice = kernel_module.choose_kernel(cfg, 60, torch.device("cpu"))
+    assert choice.kernel == "bf16"
+    if units:
+        assert choice.describe() == "asked"
+    else:
+        assert "no bf16 units" in choice.describe() and "--precision fp32" in choice.describe()

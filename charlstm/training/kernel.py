@@ -49,6 +49,12 @@ class KernelChoice:
         return f"auto, {self.how}: {figures} chars/s"
 
 
+#: what the header says of --precision bf16 on a CPU without bf16 units
+NO_BF16_UNITS = (
+    "this CPU has no bf16 units (avx512_bf16, AMX): bf16 is emulated, many times slower than "
+    "--precision fp32 (or auto)"
+)
+
 Measure = Callable[[TrainConfig, int, torch.device], dict[str, float]]
 
 
@@ -100,7 +106,10 @@ def choose_kernel(
     if device.type != "cpu":
         return KernelChoice("fp32", "not a CPU")
     if cfg.precision != "auto":
-        return KernelChoice(lstm_kernel(device, cfg.precision, cfg.hidden_size), "asked")
+        kernel = lstm_kernel(device, cfg.precision, cfg.hidden_size)
+        if kernel == "bf16" and not has_bf16_units():  # said in the run's header
+            return KernelChoice(kernel, f"asked, but {NO_BF16_UNITS}")
+        return KernelChoice(kernel, "asked")
     if not has_bf16_units():
         return KernelChoice("fp32", "no bf16 units")
     shape = shape_key(cfg.num_layers, cfg.hidden_size, cfg.embed_size, cfg.batch_size, cfg.bptt)
