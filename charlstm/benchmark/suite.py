@@ -402,8 +402,12 @@ def bench_limits(ctx: BenchContext, report: BenchReport) -> None:
     bf16_units = [f for f in ("amx_bf16", "avx512_bf16") if f in flags]
     # without bf16 units bf16 is emulated, ~100x slower than fp32 (0.5 GFLOP/s on an AVX2-only
     # EPYC): its rate is timed on a few rows, or the section takes minutes
-    rows = (lambda m: m) if bf16_units or not flags else (lambda m: min(m, EMULATED_BF16_ROWS))
-    emulated = "" if rows(4096) == 4096 else f"; timed on {EMULATED_BF16_ROWS} rows: emulated"
+    emulated = bool(flags) and not bf16_units
+    note = f"; timed on {EMULATED_BF16_ROWS} rows: emulated" if emulated else ""
+
+    def rows(m: int) -> int:
+        return min(m, EMULATED_BF16_ROWS) if emulated else m
+
     for m, k, n in ((B * T, E, 4 * H), (B * T, H, 4 * H), (B, H, 4 * H)):
         fp32 = matmul_gflops(m, k, n, min_time=ctx.min_time)
         bf16 = matmul_gflops(rows(m), k, n, torch.bfloat16, min_time=ctx.min_time)
@@ -413,7 +417,7 @@ def bench_limits(ctx: BenchContext, report: BenchReport) -> None:
             f"bf16 matmul {m}x{k} @ {k}x{n}",
             bf16,
             "GFLOP/s",
-            note="vs fp32 at this shape" + emulated,
+            note="vs fp32 at this shape" + note,
             ratio=bf16 / fp32,
         )
     report.add(
@@ -427,9 +431,7 @@ def bench_limits(ctx: BenchContext, report: BenchReport) -> None:
         "bf16 matmul 1024^3",
         matmul_gflops(rows(1024), 1024, 1024, torch.bfloat16, min_time=ctx.min_time),
         "GFLOP/s",
-        note=f"CPU bf16 units: {', '.join(bf16_units) or 'none reported'}{emulated}"
-        if flags
-        else "",
+        note=f"CPU bf16 units: {', '.join(bf16_units) or 'none reported'}{note}" if flags else "",
     )
     if bf16_units:
         report.add(

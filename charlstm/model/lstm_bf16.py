@@ -23,6 +23,8 @@ The bias gradient is one more GEMM (a row of ones times dG), rounded to bf16 onc
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from charlstm.model.native import cell_kernels
@@ -132,6 +134,7 @@ class BF16LSTMWindow(torch.autograd.Function):
 CHUNK = 16
 
 
+@functools.cache
 def onednn_bf16_linear() -> bool:
     """Whether oneDNN has a bf16 linear on this CPU (avx512bw/vl/dq or avx_ne_convert): on
     one without (an AVX2-only AMD EPYC, say) its weight reorder raises."""
