@@ -311,9 +311,12 @@ class ThreadTuner:
     seconds, then the faster is kept (`choose_threads`); when the counts came within
     FEWER_THREADS_GAIN of each other, a second A B B A turn is timed first, and the sum of
     both turns decides with the smaller CLOSE_THREADS_GAIN margin. A new trial starts when
-    the observed rate falls below `recheck_below` x the one measured for the choice, every
-    `recheck_every_s` (a load that went away), or when `recheck()` is called (training: at
-    each validation).
+    the observed rate falls below `recheck_below` x the one measured for the choice, when
+    `recheck()` is called (training: at each validation), and periodically (a load that went
+    away, a machine whose speed drifts): first `recheck_every_s` after a trial, twice as long
+    after each trial that kept the count (up to `recheck_max_s`), back to `recheck_every_s`
+    after one that changed it, and never sooner than `trial_share` of the time (a trial runs
+    part of its time at the slower count).
     `skip()` says that the time since the last tick was spent on something else;
     `on_choice(tuner)` is called after each trial."""
 
@@ -326,7 +329,9 @@ class ThreadTuner:
         trial_ticks: int = 1,
         trial_s: float = 0.2,
         recheck_below: float = 0.7,
-        recheck_every_s: float = 30.0,
+        recheck_every_s: float = 10.0,
+        recheck_max_s: float = 120.0,
+        trial_share: float = 0.1,
         window_s: float = 2.0,
         clock=time.perf_counter,
         apply=apply_threads,
@@ -337,13 +342,15 @@ class ThreadTuner:
         self.recheck_below, self.recheck_every_s, self.window_s = (
             recheck_below, recheck_every_s, window_s,
         )  # fmt: skip
+        self.recheck_max_s, self.trial_share = recheck_max_s, trial_share
         self.clock, self.apply, self.on_choice = clock, apply, on_choice
         self.rates: dict[int, float] = dict(rates or {})
         self.trials = 0  # how many trials have run (the first included)
         first = start if start in self.candidates else self.candidates[0]
         self.threads = choose_threads(self.rates) if self.rates else first
         self._set(self.threads)
-        self._last = self._trial_end = clock()
+        self._last = self._trial_end = self._trial_start = clock()
+        self._interval = recheck_every_s  # until the next periodic trial
         self._queue: list[int] = [] if self.rates or len(self.candidates) < 2 else self._order()
         self._warm = bool(self.rates)  # the first piece (allocations, packing) is not timed
         self._units = self._seconds = 0.0
@@ -380,7 +387,7 @@ class ThreadTuner:
         self._units = self._seconds = 0.0
         self._ticks = 0
         slow = observed < self.recheck_below * self.rates.get(self.threads, 0.0)
-        if slow or now - self._trial_end >= self.recheck_every_s:
+        if slow or now - self._trial_end >= self._interval:
             self.recheck()
 
     def skip(self) -> None:
@@ -392,6 +399,7 @@ class ThreadTuner:
         if len(self.candidates) < 2 or self._queue:
             return
         self._queue = self._order()
+        self._trial_start = self.clock()
         self._begin(self._queue[0])
         # the first piece after a pause (a validation: caches cold, buffers re-made) runs
         # slower than any count's rate, and would fall on the current count's figure alone
@@ -435,10 +443,17 @@ class ThreadTuner:
         gain = CLOSE_THREADS_GAIN if self._second_turn else FEWER_THREADS_GAIN
         self._trial_work, self._second_turn = {}, False
         self.rates = rates
-        self.threads = choose_threads(self.rates, gain)
+        kept, self.threads = self.threads, choose_threads(self.rates, gain)
+        kept = kept == self.threads and self.trials > 0
         self._set(self.threads)
         self.trials += 1
         self._trial_end = now
+        # a machine that gave the same answer twice is re-asked less often; one whose answer
+        # changed, soon. Beside 2 busy programs on 2 cores, batch-1 eval at 2 threads moved
+        # between 1,400 and 3,500 chars/s from one half-minute to the next, 1 thread at 2,100-
+        # 2,900: a choice made once in a 25 s run was the slower one for all of it.
+        interval = min(2 * self._interval, self.recheck_max_s) if kept else self.recheck_every_s
+        self._interval = max(interval, (now - self._trial_start) / self.trial_share)
         if self.on_choice is not None:
             self.on_choice(self)
         self._units = self._seconds = 0.0

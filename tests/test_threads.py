@@ -133,6 +133,38 @@ def test_a_load_that_went_away_is_found_by_the_periodic_recheck():
     assert tuner.threads == 2 and tuner.trials >= 2
 
 
+def test_a_steady_answer_is_asked_less_often_and_a_changed_one_soon():
+    """The periodic trial comes 10 s after the first, then 20, 40, 80 while the answer stays;
+    after a trial that changed the count, 10 s again."""
+    machine = FakeMachine({2: 10_000.0, 1: 6_000.0})
+    ends = []
+    tuner = tuner_on(machine, on_choice=lambda t: ends.append((machine.now, t.threads)))
+    while machine.now < 160.0:
+        machine.work(tuner, 1, units=200.0)
+    gaps = [b[0] - a[0] for a, b in zip(ends, ends[1:], strict=False)]
+    # a gap is the interval, the trial's own second, and at most one 2 s window of checking
+    assert [g - i for g, i in zip(gaps, [10, 20, 40, 80], strict=False)] == [
+        pytest.approx(1.5, abs=1.5)
+    ] * 4
+    assert {t for _, t in ends} == {2}
+    machine.rates = {2: 3_000.0, 1: 5_500.0}  # a busy program: 2 threads look slow, 1 is taken
+    start = len(ends)
+    while machine.now < 200.0:
+        machine.work(tuner, 1, units=200.0)
+    assert ends[start][1] == 1 and 10.0 <= ends[start + 1][0] - ends[start][0] <= 14.0
+
+
+def test_a_long_trial_is_repeated_only_after_ten_times_its_length():
+    """Training steps of 2 s: a trial of a few steps each way must not take a fifth of the run."""
+    machine = FakeMachine({2: 2_000.0, 1: 1_500.0})
+    ends = []
+    tuner = tuner_on(machine, on_choice=lambda t: ends.append(machine.now))
+    while machine.now < 600.0:
+        machine.work(tuner, 1, units=4_000.0)
+    assert len(ends) >= 2 and ends[0] >= 10.0
+    assert all(b - a >= 10 * ends[0] for a, b in zip(ends, ends[1:], strict=False))
+
+
 def test_recheck_and_skip():
     machine = FakeMachine({2: 10_000.0, 1: 6_000.0})
     tuner = tuner_on(machine)
