@@ -276,6 +276,10 @@ FEWER_THREADS_GAIN = 1.10
 #: --dynamic measured 2: 820 / 1: 876 chars/s (1.07x), kept 2 threads and ran 0.92x of
 #: --threads 1 (bench/contention.py)
 CLOSE_THREADS_GAIN = 1.03
+#: ...and one whose first A and B pieces already differ by this much is decided there: a trial
+#: of training steps (~1 s each) ran 3 of a 20-step run at 1 thread, 0.56x of 2 threads' rate
+#: idle, and cost the run 10 % (bench/contention.py); the worst gaps noise made were 1.2-1.3x
+CLEAR_THREADS_GAIN = 1.5
 
 
 def choose_threads(rates: dict[int, float], gain: float = FEWER_THREADS_GAIN) -> int:
@@ -306,9 +310,10 @@ class ThreadTuner:
     faster depends on what else runs right now, so it is measured, on the work itself: the
     caller calls `tick(units)` after each piece of work (a training step, an evaluation
     window); the first piece (allocations, weight packing), the first after each `recheck()`
-    and the first after each switch of count are not timed. A trial runs each
+    and the first after each switch to more threads are not timed. A trial runs each
     candidate twice, A B B A, each time for at least `trial_ticks` pieces and `trial_s`
-    seconds, then the faster is kept (`choose_threads`); when the counts came within
+    seconds, then the faster is kept (`choose_threads`); when the first A and B already differ
+    by CLEAR_THREADS_GAIN, the trial ends there; when the counts came within
     FEWER_THREADS_GAIN of each other, a second A B B A turn is timed first, and the sum of
     both turns decides with the smaller CLOSE_THREADS_GAIN margin. A new trial starts when
     the observed rate falls below `recheck_below` x the one measured for the choice, when
@@ -376,7 +381,7 @@ class ThreadTuner:
                 work = self._trial_work.setdefault(self._queue.pop(0), [0.0, 0.0])
                 work[0] += self._units
                 work[1] += self._seconds
-                if self._queue:
+                if self._queue and not self._clear():
                     self._begin(self._queue[0])
                 else:
                     self._settle(now)
@@ -420,10 +425,20 @@ class ThreadTuner:
         first = [self.threads] + [t for t in self.candidates if t != self.threads]
         return first + first[::-1]
 
+    def _clear(self) -> bool:
+        """Whether the first turn's A and B already differ by CLEAR_THREADS_GAIN (no second
+        B and A: where one count is far slower, each piece of it costs the run)."""
+        work = self._trial_work
+        if self._second_turn or len(work) < len(self.candidates):
+            return False
+        rates = [u / max(s, 1e-9) for u, s in work.values()]
+        return max(rates) >= CLEAR_THREADS_GAIN * min(rates)
+
     def _begin(self, threads: int) -> None:
-        if threads != self._applied:
-            # the first piece after a switch wakes a thread that slept at a barrier, which on a
-            # busy machine first waits for a core: it would be charged to the new count alone
+        if threads > self._applied:
+            # the first piece after a switch to more threads wakes a thread that slept at a
+            # barrier, which on a busy machine first waits for a core: it would be charged to
+            # the new count alone. Fewer threads wake nothing: their first piece is timed.
             self._warm = False
         self._set(threads)
         self._units = self._seconds = 0.0
@@ -441,7 +456,7 @@ class ThreadTuner:
             self._begin(self._queue[0])
             return
         gain = CLOSE_THREADS_GAIN if self._second_turn else FEWER_THREADS_GAIN
-        self._trial_work, self._second_turn = {}, False
+        self._trial_work, self._second_turn, self._queue = {}, False, []
         self.rates = rates
         kept, self.threads = self.threads, choose_threads(self.rates, gain)
         kept = kept == self.threads and self.trials > 0

@@ -27,13 +27,14 @@ class FakeMachine:
 
     def __init__(self, rates: dict[int, float], switch_s: float = 0.0) -> None:
         self.rates, self.now, self.threads, self.switches = dict(rates), 0.0, 0, []
-        self.switch_s, self._switched = switch_s, False  # what a change of count costs once
+        # what a change to more threads costs once: a woken thread first waits for a core
+        self.switch_s, self._switched = switch_s, False
 
     def clock(self) -> float:
         return self.now
 
     def apply(self, threads: int) -> None:
-        self._switched = self._switched or threads != self.threads
+        self._switched = self._switched or threads > self.threads
         self.threads = threads
         self.switches.append(threads)
 
@@ -70,8 +71,30 @@ def test_the_trial_times_each_count_on_the_work_and_keeps_the_faster():
     assert tuner.trials == 1 and chosen == [2]
     assert tuner.rates == pytest.approx({2: 10_000.0, 1: 6_000.0})
     assert machine.threads == 2
-    assert machine.switches == [2, 2, 1, 1, 2, 2]  # set up, then A B B A and back: one turn
+    # set up, then A B: 1.67x apart, clear on one piece each; 2 threads again
+    assert machine.switches == [2, 2, 1, 2]
     assert tuner.describe() == "2 threads (2: 10,000, 1: 6,000 chars/s)"
+
+
+def test_a_gap_that_is_not_clear_is_timed_a_b_b_a():
+    machine = FakeMachine({2: 10_000.0, 1: 7_700.0})
+    tuner = tuner_on(machine)
+    machine.work(tuner, 40)
+    assert tuner.trials == 1 and tuner.threads == 2
+    assert machine.switches == [2, 2, 1, 1, 2, 2]  # set up, then A B B A and back: one turn
+    assert tuner.rates == pytest.approx({2: 10_000.0, 1: 7_700.0})
+
+
+def test_a_trial_of_long_steps_runs_one_step_at_the_slower_count():
+    """Training idle on 2 cores: steps of ~1 s, 1 thread at 0.56x of 2. The trial's pieces at 1
+    thread cost the run; a clear gap needs one (none untimed: fewer threads wake nothing)."""
+    machine = FakeMachine({2: 4_890.0, 1: 2_744.0}, switch_s=0.3)
+    tuner = tuner_on(machine)
+    steps = []
+    for _ in range(20):
+        steps.append(machine.threads)
+        machine.work(tuner, 1, units=4_096.0)
+    assert steps.count(1) == 1 and tuner.threads == 2
 
 
 def test_counts_too_close_to_call_are_timed_a_second_turn():
