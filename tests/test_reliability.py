@@ -94,8 +94,8 @@ def test_interrupted_and_resumed_run_equals_one_go(data, tmp_path, sig):
     """A run with a non-default preset and options on a non-default data folder, stopped by
     Ctrl-C or kill -9, then continued by `charlstm train --out RUN --resume` and nothing else,
     ends bitwise identical to the same run done in one go."""
-    steps = "1000"
-    common = [str(data), *TINY, "--steps", steps, "--eval-every", "300", "--save-every", "50"]
+    steps = "400"
+    common = [str(data), *TINY, "--steps", steps, "--eval-every", "120", "--save-every", "25"]
     one_go = tmp_path / "one-go"
     subprocess.run(
         _cli("train", *common, "--out", str(one_go)), check=True, capture_output=True, env=ENV
@@ -110,7 +110,7 @@ def test_interrupted_and_resumed_run_equals_one_go(data, tmp_path, sig):
         env=ENV,
     )
     # interrupt once at least one checkpoint exists and training is well under way
-    _wait_for(lambda: (run / "last.pt").exists() and _steps_logged(run) >= 200, proc)
+    _wait_for(lambda: (run / "last.pt").exists() and _steps_logged(run) >= 100, proc)
     proc.send_signal(sig)
     proc.wait(timeout=60)
     if sig == signal.SIGINT:
