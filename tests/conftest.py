@@ -28,9 +28,18 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    # A shell starts a background job (`bash .ci/run &`, cron, nohup ... &) with SIGINT ignored,
+    # every child inherits that, and Python then installs no Ctrl-C handler: the children that
+    # tests/test_interrupts.py stops with SIGINT would run on to the end (seen in CI launched
+    # that way: 10 failures). Those tests mean a Ctrl-C at a terminal, so the suite's children
+    # start with Python's own handler, as a terminal's would.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if not hasattr(config, "workerinput"):  # the controller (or a run without xdist) judges
         config.pluginmanager.register(SkipPolicy(config), "charlstm-skip-policy")
 
