@@ -80,7 +80,9 @@ class SkipPolicy:
         if report.skipped and not hasattr(report, "wasxfail"):
             longrepr = report.longrepr
             reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
-            gpu_only = ["gpu_only", True] in [list(p) for p in report.user_properties]
+            # a module skipped at collection (importorskip) has no user_properties
+            properties = getattr(report, "user_properties", ())
+            gpu_only = ["gpu_only", True] in [list(p) for p in properties]
             self.skips.append((report.nodeid, reason.removeprefix("Skipped: "), gpu_only))
 
     def pytest_runtest_logreport(self, report):
