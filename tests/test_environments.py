@@ -39,13 +39,14 @@ with open(os.path.join(folder, "codes.json"), "w") as f:
 
 PRIME = "Café 東"
 
+#: four children for six conditions (each child costs ~10 s of CPU on a slow 2-core machine):
+#: each condition is in one of them, combined with one that touches other code (the terminal's
+#: kind with its width, the locale with the home folder)
 ENVIRONMENTS = {
-    "TERM=dumb": {"TERM": "dumb"},
+    "TERM=dumb COLUMNS=20": {"TERM": "dumb", "COLUMNS": "20"},
     "COLUMNS=0": {"COLUMNS": "0"},
-    "COLUMNS=20": {"COLUMNS": "20"},
-    "LC_ALL=C": {"LC_ALL": "C", "LANG": "C"},
+    "LC_ALL=C HOME unset": {"LC_ALL": "C", "LANG": "C", "HOME": None},
     "LC_ALL=C PYTHONUTF8=0": {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0"},
-    "HOME unset": {"HOME": None},
 }
 
 
