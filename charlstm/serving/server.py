@@ -424,7 +424,8 @@ def serve(
     """Serve `checkpoint` until SIGINT or SIGTERM; then stop taking connections, give running
     requests `grace_s` seconds, end the rest gracefully (see `ServingCore.shutdown`), and
     return. `threads`: the model's CPU threads (0: chosen by timing the batch's rounds, and
-    timed again every 30 s or when they slow down). `unknown`: characters the vocabulary
+    timed again when they slow down and periodically: 10 s after a choice that changed, up
+    to 2 minutes after choices that held). `unknown`: characters the vocabulary
     lacks are refused ("error"), skipped or replaced; `chat_template`: a JSON file (`chat.py`)
     instead of the default chat template. `on_ready(facts)` is called once the
     socket listens (facts: url, model, host, port, api_key_required, warnings)."""
