@@ -428,11 +428,14 @@ class ThreadTuner:
     def _clear(self) -> bool:
         """Whether the first turn's A and B already differ by CLEAR_THREADS_GAIN (no second
         B and A: where one count is far slower, each piece of it costs the run)."""
-        work = self._trial_work
-        if self._second_turn or len(work) < len(self.candidates):
+        if self._second_turn or len(self._trial_work) < len(self.candidates):
             return False
-        rates = [u / max(s, 1e-9) for u, s in work.values()]
+        rates = self._trial_rates().values()
         return max(rates) >= CLEAR_THREADS_GAIN * min(rates)
+
+    def _trial_rates(self) -> dict[int, float]:
+        """{threads: units per second} over what this trial has timed so far."""
+        return {t: u / max(s, 1e-9) for t, (u, s) in self._trial_work.items()}
 
     def _begin(self, threads: int) -> None:
         if threads > self._applied:
@@ -449,7 +452,7 @@ class ThreadTuner:
         self._applied = threads
 
     def _settle(self, now: float) -> None:
-        rates = {t: u / max(s, 1e-9) for t, (u, s) in self._trial_work.items()}
+        rates = self._trial_rates()
         if not self._second_turn and threads_too_close(rates):
             self._second_turn = True  # the work timed so far counts in the sum
             self._queue = self._order()
@@ -458,8 +461,8 @@ class ThreadTuner:
         gain = CLOSE_THREADS_GAIN if self._second_turn else FEWER_THREADS_GAIN
         self._trial_work, self._second_turn, self._queue = {}, False, []
         self.rates = rates
-        kept, self.threads = self.threads, choose_threads(self.rates, gain)
-        kept = kept == self.threads and self.trials > 0
+        before, self.threads = self.threads, choose_threads(self.rates, gain)
+        kept = before == self.threads and self.trials > 0
         self._set(self.threads)
         self.trials += 1
         self._trial_end = now
