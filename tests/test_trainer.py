@@ -23,6 +23,7 @@ from charlstm.errors import CharLSTMError, OptionError
 from charlstm.evaluation.scoring import evaluate
 from charlstm.model.checkpoint import load_checkpoint, read_checkpoint
 from charlstm.model.network import CharLSTM
+from charlstm.training.build import FusedAdamW
 from charlstm.training.trainer import train
 
 # small, fast and deterministic: warm-up and decay still apply unless a test turns them off
@@ -493,13 +494,13 @@ def _nan_loss_at(monkeypatch, bad_steps: set[int]) -> list[int]:
 def test_a_non_finite_step_is_skipped_and_leaves_the_weights(data, tmp_path, monkeypatch):
     _nan_loss_at(monkeypatch, {3})
     updates = []
-    real_step = torch.optim.AdamW.step
+    real_step = FusedAdamW.step
 
     def count_step(self, *args, **kwargs):
         updates.append(1)
         return real_step(self, *args, **kwargs)
 
-    monkeypatch.setattr(torch.optim.AdamW, "step", count_step)
+    monkeypatch.setattr(FusedAdamW, "step", count_step)
     result = train(data, tmp_path / "run", steps=10, **TINY)
     assert result.skipped_steps == 1
     assert len(updates) == 9  # the bad step never reached the optimizer
