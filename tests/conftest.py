@@ -47,6 +47,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    # the slow tests first (the order is otherwise kept): xdist hands out tests in this order,
+    # and a 40 s test begun last keeps one worker busy while the other has nothing left to do
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU (bench/gpu_check.sh runs these on one)")
     skip = CUDA_TESTS_ON != "cpu" and not torch.cuda.is_available()
     for item in (i for i in items if i.get_closest_marker("cuda")):

@@ -76,6 +76,7 @@ def test_table_gives_means_and_differences_from_default(capsys):
     assert "| 1.4900 | 1.4100 | -0.0200 | +0.0000 |" in ema
 
 
+@pytest.mark.slow
 def test_a_run_trains_scores_and_appends_one_line_then_skips_it(tmp_path):
     text = tmp_path / "words.txt"
     text.write_text(word_text(20_000))

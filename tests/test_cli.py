@@ -65,6 +65,7 @@ def run(tmp_path_factory) -> dict[str, Path]:
 
 
 # -- end to end, as a user runs it ---------------------------------------------------------------
+@pytest.mark.slow
 def test_end_to_end_in_a_child_process(tmp_path, run_cli_subprocess):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(word_text(3000, seed=5), encoding="utf-8")

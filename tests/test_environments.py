@@ -50,6 +50,7 @@ ENVIRONMENTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ENVIRONMENTS)
 def test_every_command_works_in_this_environment(tmp_path, name):
     source = tmp_path / "corpus.txt"

@@ -343,6 +343,7 @@ def test_names_at_the_255_byte_limit_tokenize_and_train(tmp_path):
     assert len(os.fsencode(run.name)) <= NAME_MAX and (run / "best.pt").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "darwin", reason="macOS refuses names that are not UTF-8")
 def test_non_utf8_and_symlinked_paths(tmp_path):
     folder = tmp_path / os.fsdecode(b"d\xff\xfe")

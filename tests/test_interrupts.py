@@ -178,6 +178,7 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 90.0) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["workdir", "default"])
 def test_bench_stopped_by_sigterm_removes_what_it_wrote_and_its_child(tmp_path, where):
     """#35 item 5: the partial big text stayed after SIGTERM. Stopped while its `tokenize`

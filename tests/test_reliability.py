@@ -89,6 +89,7 @@ def _steps_logged(run: Path) -> int:
     return max(steps)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
 def test_interrupted_and_resumed_run_equals_one_go(data, tmp_path, sig):
     """A run with a non-default preset and options on a non-default data folder, stopped by

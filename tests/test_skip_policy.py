@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def _pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -18,6 +20,7 @@ def _pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_module_skipped_at_collection_is_listed_and_refused_when_strict(tmp_path):
     shutil.copy(Path(__file__).with_name("conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "test_probe.py").write_text(
