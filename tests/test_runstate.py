@@ -3,7 +3,6 @@ plain field needs no other change."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import torch
@@ -76,57 +75,3 @@ def test_another_process_count_keeps_hidden_states_and_says_so():
     warning = restored.load_state_dict(payload, Dist(), CPU)
     assert "2-process run on 1" in warning and "hidden states carry over" in warning
     assert torch.equal(restored.hidden[0], saved.hidden[0])
-
-
-def _steps(model, optimizer, n: int, seed: int = 5) -> None:
-    torch.manual_seed(seed)
-    for _ in range(n):
-        logits, _ = model(torch.randint(0, 9, (6, 3)))
-        optimizer.zero_grad(set_to_none=True)
-        logits.pow(2).mean().backward()
-        optimizer.step()
-        for group in optimizer.param_groups:
-            group["lr"] *= 0.9  # the trainer's schedule sets the rate between steps
-
-
-def test_the_optimizer_is_torchs_fused_adamw_to_the_bit_and_shares_its_state_dict():
-    ours, theirs = make_state(), make_state()
-    index = {id(p): i for i, p in enumerate(ours.model.parameters())}
-    twins = list(theirs.model.parameters())
-    groups = [
-        {"params": [twins[index[id(p)]] for p in g["params"]], "weight_decay": g["weight_decay"]}
-        for g in ours.optimizer.param_groups
-    ]
-    defaults = ours.optimizer.defaults
-    reference = torch.optim.AdamW(groups, lr=defaults["lr"], betas=defaults["betas"], fused=True)
-    _steps(ours.model, ours.optimizer, 4)
-    _steps(theirs.model, reference, 4)
-    for a, b in zip(ours.model.parameters(), theirs.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-    # a checkpoint written by torch's AdamW (every run before this class) resumes in ours, and
-    # the other way round (copies, as on disk: a loaded state dict shares its tensors), and the
-    # next steps still agree
-    ours.optimizer.load_state_dict(copy.deepcopy(reference.state_dict()))
-    reference.load_state_dict(copy.deepcopy(ours.optimizer.state_dict()))
-    _steps(ours.model, ours.optimizer, 3, seed=6)
-    _steps(theirs.model, reference, 3, seed=6)
-    for a, b in zip(ours.model.parameters(), theirs.model.parameters(), strict=True):
-        assert torch.equal(a, b)
-
-
-def test_a_training_step_does_not_import_torch_dynamo():
-    """torch.optim's wrappers import torch._dynamo (2.4 s of every `charlstm train` start on a
-    2-core AVX2 EPYC); the run's optimizer does without them."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, torch\n"
-        "from tests.test_runstate import trained_state\n"
-        "state = trained_state()\n"
-        "state.optimizer.load_state_dict(state.optimizer.state_dict())\n"
-        "state.optimizer.zero_grad()\n"
-        "print('torch._dynamo' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
