@@ -157,13 +157,20 @@ def main() -> None:
                         figures[name].append(figure(workload, variants[name]))
                 rates = {k: statistics.median(v) for k, v in figures.items()}
                 best = max(rates[k] for k in variants if k != "default")
+                # each round's own figures too: beside busy programs the faster fixed count
+                # can change from one round to the next (a VM's 2 threads ran at 0.14-1.33x
+                # its 1 thread within half an hour), which a median alone would hide
                 row = {"busy": busy, "workload": workload, **rates,
                        "default_vs_best": rates["default"] / best,
-                       "load": load()}  # fmt: skip
+                       "per_round": figures, "load": load()}  # fmt: skip
                 rows.append(row)
                 print(f"busy {busy}  {workload:8s}  " + "  ".join(
                     f"{k} {v:,.0f}" for k, v in rates.items()) + f"  chars/s  default/best "
                     f"{row['default_vs_best']:.2f}x  (target >= 0.9)", flush=True)  # fmt: skip
+                if args.rounds > 1:
+                    print("    rounds: " + "  ".join(
+                        f"{k} " + "/".join(f"{x:,.0f}" for x in v) for k, v in figures.items()),
+                        flush=True)  # fmt: skip
     policy = []
     if args.policy:
         for busy in conditions:
