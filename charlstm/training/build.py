@@ -106,11 +106,8 @@ class FusedAdamW(torch.optim.AdamW):
                 raise ValueError("FusedAdamW has no amsgrad: use torch.optim.AdamW")
             params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
             self._init_group(group, params, grads, exp_avgs, exp_avg_sqs, [], steps)
-            kinds: dict = {}
-            for row in zip(params, grads, exp_avgs, exp_avg_sqs, steps, strict=True):
-                kinds.setdefault((row[0].device, row[0].dtype), []).append(row)
-            for rows in kinds.values():
-                p, g, m, v, t = (list(column) for column in zip(*rows, strict=True))
+            tensors = [params, grads, exp_avgs, exp_avg_sqs, steps]
+            for (p, g, m, v, t), _ in self._group_tensors_by_device_and_dtype(tensors).values():
                 torch._foreach_add_(t, 1)
                 torch._fused_adamw_(
                     p,
